@@ -230,7 +230,7 @@ class MotionPlanner(nn.Module):
         self.out_proj = CondTokenConcatSplit(W, C)
         # latent positions (t = 0, y, x) of one view's grid
         G = cfg.vae.latent_grid
-        t0 = centers(-1.0, 1.0, 1)[0].item()
+        t0 = centers(-1.0, 1.0, 1, device="cpu")[0].item()
         self.register_buffer(
             "_latent_pos",
             torch.cat([torch.full((G * G, 1), t0), make_axial_pos_2d(G, G)], dim=-1),
@@ -251,7 +251,7 @@ class MotionPlanner(nn.Module):
         return "3d_10", "3d_10"  # quirk Q8: "2D RoPE" of the paper is 3D RoPE with t = 0, 10.0*3.14
 
     def _image_t(self) -> float:
-        return centers(-1.0, 1.0, 1)[0].item()  # open-domain: image tokens at t = 0
+        return centers(-1.0, 1.0, 1, device="cpu")[0].item()  # open-domain: image tokens at t = 0
 
     @property
     def n_views(self) -> int:
@@ -324,7 +324,7 @@ class MotionPlanner(nn.Module):
                 f"the {cfg.variant} planner takes {need} pokes, got track_conds of shape {(B, n, 5)}"
             )
         x_cross = self.track_cond_emb(track_conds[..., 2:])
-        t0 = torch.zeros_like(track_conds[..., :1]) + centers(-1.0, 1.0, 1)[0].item()
+        t0 = torch.zeros_like(track_conds[..., :1]) + centers(-1.0, 1.0, 1, device="cpu")[0].item()
         pos_cross = torch.cat([t0, track_conds[..., :2]], dim=-1)
         if self.training and cfg.poisson_rate is not None:
             rate = torch.full((B,), float(cfg.poisson_rate), device=track_conds.device)
@@ -567,7 +567,7 @@ class LiberoMotionPlanner(MotionPlanner):
         # Unused by the model (no cross RoPE); kept as the official code builds it from the dummy pokes.
         if track_conds is None:
             return like.new_zeros(B, self.cfg.n_cond, 3)
-        t0 = torch.zeros_like(track_conds[..., :1]) + centers(-1.0, 1.0, 1)[0].item()
+        t0 = torch.zeros_like(track_conds[..., :1]) + centers(-1.0, 1.0, 1, device="cpu")[0].item()
         return torch.cat([t0, track_conds[..., :2]], dim=-1)
 
     def conditioning(

@@ -105,7 +105,8 @@ class TrajEncoder(nn.Module):
         self.query_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.register_buffer("reg_pos", torch.zeros(1, 1, 3))
         latent_pos = torch.cat(
-            [torch.full((G * G, 1), centers(-1.0, 1.0, 1)[0].item()), make_axial_pos_2d(G, G)], -1
+            [torch.full((G * G, 1), centers(-1.0, 1.0, 1, device="cpu")[0].item()), make_axial_pos_2d(G, G)],
+            -1,
         )
         self.register_buffer("query_pos", latent_pos[None])  # (1, G*G, 3), t = 0
         self.register_buffer("pos_cross", _image_pos(cfg.dino.grid, -1.0))  # DINO tokens at t = -1

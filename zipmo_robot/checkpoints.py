@@ -1,0 +1,312 @@
+"""Model factories, official-checkpoint conversion and strict loading, our own checkpoint files.
+
+Our parameter names are the official state-dict keys (ZIPMO_REFERENCE.md §12), so converting a released
+file is prefix remapping (the identity today, kept as data in `PREFIX_MAP`) plus one structural change:
+a planner carries two DINO copies (`img_embedder.model.*` and `vae.img_embedder.model.*`, quirk Q20); when
+they are identical the converter drops the VAE's copy and the model is built with `share_vae_dino=True`, so
+one DINO module serves both. When they differ both are kept.
+
+Our own checkpoints are a folder with `config.json` (kind + the full config dataclass, including every
+quirk switch) and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zipmo_robot.dino import DinoConfig
+from zipmo_robot.planner import PlannerConfig, build_planner
+from zipmo_robot.vae import TrajectoryVAE, VAEConfig
+
+MODEL_KINDS = ("vae", "planner_sparse", "planner_dense", "planner_libero_atm", "planner_libero_tramoe")
+POLICY_KINDS = ("policy_head_atm", "policy_head_tramoe")
+ALL_KINDS = MODEL_KINDS + POLICY_KINDS
+
+# official prefix -> our prefix, per kind (identity: module names follow the official keys).
+PREFIX_MAP: dict[str, dict[str, str]] = {kind: {"": ""} for kind in ALL_KINDS}
+
+_DINO = "img_embedder.model."
+_VAE_DINO = "vae.img_embedder.model."
+_PLANNER_PREFIX = {"policy_head_atm": "track_predictor.", "policy_head_tramoe": "track_predictor."}
+
+
+class CheckpointError(ValueError):
+    """A state dict does not fit a model: lists missing keys, unexpected keys and shape mismatches."""
+
+
+def _check_kind(kind: str, allowed: tuple[str, ...] = ALL_KINDS) -> None:
+    if kind not in allowed:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(allowed)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Factories
+
+
+def default_config(kind: str) -> VAEConfig | PlannerConfig:
+    """Release-size config of a model kind."""
+    _check_kind(kind, MODEL_KINDS)
+    if kind == "vae":
+        return VAEConfig()
+    return PlannerConfig(variant=kind.removeprefix("planner_"))
+
+
+def build_model(kind: str, config: VAEConfig | PlannerConfig | dict | None = None) -> nn.Module:
+    """Build a model of `kind` ("vae" or "planner_<variant>") from its config (default: release sizes).
+
+    A dict config is turned into the dataclass; a planner config's `variant` must agree with the kind.
+    """
+    _check_kind(kind, MODEL_KINDS)
+    if config is None:
+        config = default_config(kind)
+    if kind == "vae":
+        cfg = VAEConfig(**config) if isinstance(config, dict) else config
+        if not isinstance(cfg, VAEConfig):
+            raise TypeError(f"kind 'vae' needs a VAEConfig, got {type(cfg).__name__}")
+        return TrajectoryVAE(cfg)
+    variant = kind.removeprefix("planner_")
+    if isinstance(config, dict):
+        config = PlannerConfig(**{"variant": variant, **config})
+    if not isinstance(config, PlannerConfig):
+        raise TypeError(f"kind {kind!r} needs a PlannerConfig, got {type(config).__name__}")
+    if config.variant != variant:
+        raise ValueError(f"kind {kind!r} but PlannerConfig.variant={config.variant!r}; make them agree")
+    return build_planner(config)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conversion of official state dicts
+
+
+def _remap(kind: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    rules = sorted(PREFIX_MAP[kind].items(), key=lambda kv: -len(kv[0]))
+    out = {}
+    for key, value in sd.items():
+        for old, new in rules:
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def dino_copies_identical(sd: dict[str, torch.Tensor], prefix: str = "") -> bool:
+    """True when the planner's DINO (`<prefix>img_embedder.model.*`) and its VAE's copy
+    (`<prefix>vae.img_embedder.model.*`) have the same keys, shapes, dtypes and values."""
+    a = {k[len(prefix + _DINO) :]: v for k, v in sd.items() if k.startswith(prefix + _DINO)}
+    b = {k[len(prefix + _VAE_DINO) :]: v for k, v in sd.items() if k.startswith(prefix + _VAE_DINO)}
+    if not a or a.keys() != b.keys():
+        return False
+    return all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def convert_official_state_dict(kind: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official state dict of `kind` -> ours: prefix remapping; for planners (and the planner inside a
+    policy head, under `track_predictor.`) the VAE's DINO copy is dropped when it equals the planner's.
+
+    Tensors are not copied. Use `shares_vae_dino(kind, converted)` to configure the model to build.
+    """
+    _check_kind(kind)
+    out = _remap(kind, sd)
+    if kind == "vae":
+        return out
+    prefix = _PLANNER_PREFIX.get(kind, "")
+    if dino_copies_identical(out, prefix):
+        out = {k: v for k, v in out.items() if not k.startswith(prefix + _VAE_DINO)}
+    return out
+
+
+def shares_vae_dino(kind: str, converted: dict[str, torch.Tensor]) -> bool:
+    """Whether a converted planner state dict holds a single (shared) DINO copy."""
+    if kind == "vae":
+        return False
+    prefix = _PLANNER_PREFIX.get(kind, "")
+    has_planner_dino = any(k.startswith(prefix + _DINO) for k in converted)
+    return has_planner_dino and not any(k.startswith(prefix + _VAE_DINO) for k in converted)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Strict loading
+
+
+def state_dict_diff(
+    model: nn.Module, sd: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """(missing keys, unexpected keys, [(key, expected shape, got shape)]) of `sd` against `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        (k, tuple(expected[k].shape), tuple(sd[k].shape))
+        for k in expected
+        if k in sd and tuple(expected[k].shape) != tuple(sd[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def _listing(items: list, limit: int = 20) -> str:
+    lines = [f"    {x}" for x in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"    ... and {len(items) - limit} more")
+    return "\n".join(lines)
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "state dict") -> None:
+    """Load `sd` into `model`, requiring every key and shape to match; otherwise raise one
+    `CheckpointError` listing missing keys, unexpected keys and shape mismatches (key, expected, got)."""
+    missing, unexpected, mismatched = state_dict_diff(model, sd)
+    if missing or unexpected or mismatched:
+        parts = [f"{what} does not fit {type(model).__name__}:"]
+        if missing:
+            parts.append(f"  {len(missing)} missing key(s):\n{_listing(missing)}")
+        if unexpected:
+            parts.append(f"  {len(unexpected)} unexpected key(s):\n{_listing(unexpected)}")
+        if mismatched:
+            rows = [f"{k}: expected {list(e)}, got {list(g)}" for k, e, g in mismatched]
+            parts.append(f"  {len(mismatched)} shape mismatch(es):\n{_listing(rows)}")
+        parts.append("  Check that the model config (sizes, variant, share_vae_dino) matches the file.")
+        raise CheckpointError("\n".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def model_from_official(
+    kind: str, sd: dict[str, torch.Tensor], config: VAEConfig | PlannerConfig | None = None
+) -> nn.Module:
+    """Convert an official state dict of a model kind, build the model (sharing DINO when the file's two
+    copies are identical) and load it strictly. The official quirks are on (the released behaviour)."""
+    _check_kind(kind, MODEL_KINDS)
+    converted = convert_official_state_dict(kind, sd)
+    config = default_config(kind) if config is None else config
+    if isinstance(config, PlannerConfig):
+        config = replace(config, share_vae_dino=shares_vae_dino(kind, converted), official_quirks=True)
+    model = build_model(kind, config)
+    load_strict(model, converted, f"official {kind} checkpoint")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sizes from tensor shapes (for files of non-release sizes, e.g. the parity fixtures)
+
+
+def infer_config(
+    kind: str, sd: dict[str, torch.Tensor], dino_num_heads: int | None = None, prefix: str = ""
+) -> VAEConfig | PlannerConfig:
+    """Model config whose sizes match an (official-layout) state dict.
+
+    Head counts come from the attention `scale` vectors; DINO's head count is not visible in its shapes:
+    pass `dino_num_heads` (default: embed_dim // 64, the DINOv2 head size).
+    """
+    _check_kind(kind, MODEL_KINDS)
+    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    vp = "" if kind == "vae" else "vae."
+    dino_prefix = next(
+        p for p in (_DINO, vp + _DINO, "vae." + _DINO) if p + "cls_token" in sd
+    )  # planner, or the VAE's
+    E = sd[dino_prefix + "cls_token"].shape[-1]
+    if dino_num_heads is None:
+        if E % 64:
+            raise ValueError(f"cannot infer the DINO head count for embed_dim={E}; pass dino_num_heads")
+        dino_num_heads = E // 64
+    dino = DinoConfig(
+        embed_dim=E,
+        depth=_count(sd, dino_prefix + "blocks."),
+        num_heads=dino_num_heads,
+        mlp_ratio=sd[dino_prefix + "blocks.0.mlp.fc1.weight"].shape[0] // E,
+        patch_size=sd[dino_prefix + "patch_embed.proj.weight"].shape[-1],
+        num_register_tokens=sd[dino_prefix + "register_tokens"].shape[1],
+        pos_embed_grid=round((sd[dino_prefix + "pos_embed"].shape[1] - 1) ** 0.5),
+    )
+    d_model = sd[vp + "encoder.query_token"].shape[-1]
+    n_heads = sd[vp + "encoder.backbone.0.self_attn.scale"].shape[0]
+    latent_grid = round(sd[vp + "encoder.query_pos"].shape[1] ** 0.5)
+    vae = VAEConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        enc_depth=_count(sd, vp + "encoder.backbone."),
+        dec_depth=_count(sd, vp + "decoder.backbone."),
+        latent_dim=sd[vp + "encoder.to_mean.weight"].shape[0],
+        latent_grid=latent_grid,
+        ff_expand=sd[vp + "encoder.backbone.0.ff.down_proj.weight"].shape[1] // d_model,
+        dino=dino,
+    )
+    if kind == "vae":
+        return vae
+    width = sd["in_proj.proj.weight"].shape[0]
+    d_cond = sd["time_in_proj.weight"].shape[0]
+    variant = kind.removeprefix("planner_")
+    cfg = PlannerConfig(
+        variant=variant,
+        width=width,
+        depth=_count(sd, "backbone."),
+        d_head=width // sd["backbone.0.self_attn.scale"].shape[0],
+        d_cond_norm=d_cond,
+        mapping_depth=_count(sd, "mapping.blocks."),
+        mapping_d_ff=sd["mapping.blocks.0.down_proj.weight"].shape[1],
+        ff_expand=sd["backbone.0.ff.down_proj.weight"].shape[1] // width,
+        text_enc_depth=_count(sd, "text_encoder.") if "text_encoder.0.ff.norm.scale" in sd else 6,
+        num_views=sd["learnable_emb_dino"].shape[0] if sd["learnable_emb_dino"].ndim == 2 else 2,
+        vae=vae,
+        dino=dino,
+        share_vae_dino=not any(k.startswith(_VAE_DINO) for k in sd),
+    )
+    if cfg.is_libero and "text_encoder.0.self_attn.scale" in sd:
+        text_heads = sd["text_encoder.0.self_attn.scale"].shape[0]
+        if E // text_heads != cfg.d_head:
+            raise ValueError(
+                f"text encoder head size {E // text_heads} != backbone head size {cfg.d_head}: "
+                "one d_head serves both (as in the official code)"
+            )
+    return cfg
+
+
+def _count(sd: dict, prefix: str) -> int:
+    idx = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Our own checkpoints: config.json + model.safetensors
+
+
+def save_checkpoint(model: nn.Module, kind: str, folder: str | os.PathLike) -> Path:
+    """Write `config.json` (kind + full config, quirk switches included) and `model.safetensors`."""
+    from safetensors.torch import save_file
+
+    from zipmo_robot.config import atomic_write_text
+
+    _check_kind(kind, MODEL_KINDS)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / ".model.safetensors.tmp"
+    save_file(sd, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    atomic_write_text(
+        folder / "config.json", json.dumps({"kind": kind, "config": asdict(model.cfg)}, indent=2)
+    )
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[str, nn.Module]:
+    """Rebuild a model saved by `save_checkpoint` and load it strictly: returns (kind, model)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    for path in (cfg_path, weights):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: a checkpoint folder holds config.json and model.safetensors"
+            )
+    meta = json.loads(cfg_path.read_text())
+    kind = meta["kind"]
+    model = build_model(kind, meta["config"])
+    load_strict(model, load_file(str(weights), device=map_location), str(weights))
+    return kind, model
