@@ -1,0 +1,386 @@
+"""`RollingReplanner`: the ZipMo LIBERO agent. Every control step it samples a fresh motion plan with the
+planner (few Euler steps from new noise), turns it into a 16-step action chunk with the inverse-dynamics
+head, and blends the overlapping chunks with temporal ensembling (ZIPMO_REFERENCE.md §6.4, appendix A).
+
+One batched `act` serves rows of different suites, tasks and episodes. Each row (keyed by `RowInfo.slot`)
+owns its noise generator, ensembler, episode step and task embedding, and an env that starts a new episode
+resets only its own row.
+
+Deviation from the official loop, on purpose: the official `act` draws the noise of all 10 parallel envs
+from ONE generator (`randn(10, 512, 16)`, then a dummy `randn(10, 1, 5)`), so an env's noise depends on its
+batch. Here every row has its own `torch.Generator` seeded with the episode seed and draws, in the official
+order, `randn(1, L, C)` then the dummy `randn(1, 1, 5)`. An episode's actions therefore do not depend on
+which other episodes share its batch, and at batch 1 the stream is exactly the official one (the parity
+fixtures check this).
+
+Numerics (appendix C): the planner runs under bf16 autocast by default on every device, as the official
+`act` does (on CPU too); `precision="fp32"` turns autocast off. The head and the ensembling run outside
+autocast (fp32; float64 ensembling). The official evaluation enables TF32 matmuls on GPU; this module leaves
+that global switch alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from zipmo_robot.policy.base import RowInfo
+from zipmo_robot.policy.ensembling import TemporalEnsembler
+from zipmo_robot.policy.head import InverseDynamicsHead
+from zipmo_robot.policy.overlay import draw_plan, overlay_query_grid
+
+PRECISIONS = ("bf16", "fp32")
+STAGES = ("preprocess_s", "encode_s", "plan_s", "head_s", "overlay_s")
+CAMERAS = ("agentview", "robot0_eye_in_hand")  # view order of the planner (view 0 = agentview)
+
+TaskEmbedder = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (suites, languages) -> (B, E)
+
+
+@dataclass
+class _Row:
+    """Per-episode state of one runner slot."""
+
+    seed: int
+    generator: torch.Generator
+    ensembler: TemporalEnsembler
+    task_emb: torch.Tensor  # (E,) fp32 on the model device
+    language: str
+    step: int = 0  # act() calls since the episode started (the Tra-MoE episode-step token)
+    timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    last_tracks: np.ndarray | None = None  # (V, N, T, 2) yx of the latest plan, when overlays are on
+
+
+@dataclass
+class StepOutput:
+    """Everything one batched step produced (for parity checks and visualisation)."""
+
+    actions: torch.Tensor  # (B, A) fp32, ensembled
+    chunks: torch.Tensor  # (B, T, A) fp32, the head's raw chunks
+    latents: torch.Tensor  # (B, V*G*G, C) fp32, normalised planner output
+    noise: torch.Tensor  # (B, V*G*G, C) initial noise
+    dummy: torch.Tensor  # (B, 1, 5) the dummy draw that follows the noise
+    start_t: torch.Tensor  # (B,) int64 episode steps passed to the planner
+
+
+class HashTaskEmbedder:
+    """TEST-ONLY stand-in for BERT: a deterministic unit-variance vector per task language, seeded by a
+    hash of the text. It carries no meaning; it exists so tiny test checkpoints (whose text width is not
+    BERT's 768) can run end to end without downloading a language model."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def __call__(self, suites: Sequence[str], languages: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(languages), self.dim), dtype=np.float32)
+        for i, lang in enumerate(languages):
+            seed = int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return out
+
+
+class BertTaskEmbedder:
+    """The official task embedding: BERT pooled output of `task.language`, cached per suite (§3)."""
+
+    def __init__(self, cache: Any = None) -> None:
+        if cache is None:
+            from zipmo_robot.text import TaskEmbeddingCache
+
+            cache = TaskEmbeddingCache()
+        self.cache = cache
+
+    def __call__(self, suites: Sequence[str], languages: Sequence[str]) -> np.ndarray:
+        out = [self.cache.get_one(s, lang) for s, lang in zip(suites, languages, strict=True)]
+        return np.stack(out).astype(np.float32)
+
+
+class RollingReplanner:
+    """Planner + inverse-dynamics head with per-row state; implements the runner's `Policy` interface.
+
+    Args:
+        planner: a LIBERO `MotionPlanner` (its weights are the released head file's `track_predictor.*`).
+        head: the `InverseDynamicsHead`.
+        task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
+        nfe: Euler steps per replan (10 released).
+        cfg_scale: guidance scale (1.0 released: no unconditional pass).
+        precision: "bf16" = planner under bf16 autocast (official, default on CPU and GPU) | "fp32".
+        ensemble_mode: "official" | "textbook" (see `policy/ensembling.py`).
+        overlay: decode each plan at an `overlay_grid`² grid of points (one VAE decode per step) and draw
+            the tracks on the video frames.
+    """
+
+    def __init__(
+        self,
+        planner: torch.nn.Module,
+        head: InverseDynamicsHead,
+        *,
+        task_embedder: TaskEmbedder | None = None,
+        nfe: int = 10,
+        cfg_scale: float = 1.0,
+        precision: str = "bf16",
+        ensemble_mode: str = "official",
+        overlay: bool = False,
+        overlay_grid: int = 8,
+        overlay_frames: int = 64,
+        overlay_stride: int = 4,
+        overlay_queries: int = 80,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        if nfe < 1:
+            raise ValueError(f"nfe (Euler steps) must be >= 1, got {nfe}")
+        self.planner = planner.eval()
+        self.head = head.eval()
+        self.task_embedder = task_embedder
+        self.nfe = nfe
+        self.cfg_scale = float(cfg_scale)
+        self.precision = precision
+        self.ensemble_mode = ensemble_mode
+        self.overlay = overlay
+        self.overlay_grid = overlay_grid
+        self.overlay_frames = overlay_frames
+        self.overlay_stride = overlay_stride
+        self.overlay_queries = overlay_queries
+        self.device = next(head.parameters()).device
+        pcfg = planner.cfg
+        self.num_views = pcfg.num_views
+        self.latent_shape = (pcfg.num_views * pcfg.vae.latent_grid**2, pcfg.vae.latent_dim)
+        self.uses_episode_step = bool(pcfg.use_step_token)
+        self.horizon = head.config.chunk_len
+        self._rows: dict[int, _Row] = {}
+        self._finished: dict[int, dict[str, Any]] = {}
+
+    # -- state -----------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Forget every row's state. Rows are (re)seeded with their own episode seed when they start;
+        `seed` is accepted for the `Policy` interface and not used."""
+        self._rows.clear()
+        self._finished.clear()
+
+    def reset_row(self, slot: int, seed: int, task_emb: torch.Tensor, language: str = "") -> None:
+        """Start a new episode in `slot`: fresh generator seeded with `seed`, empty ensembler, step 0."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed))
+        self._rows[slot] = _Row(
+            seed=int(seed),
+            generator=gen,
+            ensembler=TemporalEnsembler(horizon=self.horizon, mode=self.ensemble_mode),
+            task_emb=task_emb.to(self.device, torch.float32),
+            language=language,
+        )
+
+    def episode_info(self, slot: int) -> dict[str, Any]:
+        """Per-stage policy seconds of the episode that ran in `slot` (each batched stage's time is split
+        evenly over the rows of that call), for the runner's JSONL record."""
+        row = self._rows.get(slot)
+        if row is None:
+            return {}
+        timing = {k: round(v, 6) for k, v in row.timing.items()}
+        return {"timing": timing, "steps": row.step, "nfe": self.nfe, "precision": self.precision}
+
+    # -- the Policy interface --------------------------------------------------------------------------
+    def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
+        """Actions (B, 7) float32 for the rows of a batched observation (format of `policy/base.py`)."""
+        t0 = time.perf_counter()
+        new = [(i, r) for i, r in enumerate(rows) if r.new_episode or r.slot not in self._rows]
+        if new:
+            if "task_embedding" in obs:
+                embs = np.asarray(obs["task_embedding"], dtype=np.float32)[[i for i, _ in new]]
+            else:
+                if self.task_embedder is None:
+                    raise ValueError("no task_embedder given and the observation has no 'task_embedding'")
+                embs = self.task_embedder([r.suite for _, r in new], [r.task_language for _, r in new])
+            for (_, r), e in zip(new, embs, strict=True):
+                self.reset_row(r.slot, r.seed, torch.from_numpy(np.asarray(e)), r.task_language)
+        images = np.stack([np.asarray(obs[f"{c}_image"]) for c in CAMERAS[: self.num_views]], axis=1)
+        proprio = np.concatenate([obs["joint_states"], obs["gripper_states"]], axis=-1)
+        slots = [r.slot for r in rows]
+        for r in rows:
+            if self._rows[r.slot].step != r.step:
+                raise ValueError(
+                    f"slot {r.slot}: the runner says episode step {r.step} but the agent counted "
+                    f"{self._rows[r.slot].step}; every act() call of an episode must include its row"
+                )
+        pre = time.perf_counter() - t0
+        out = self.step(images, proprio, slots, _pre_seconds=pre)
+        return out.actions.cpu().numpy().astype(np.float32)
+
+    # -- one batched step on tensors -------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(
+        self,
+        images: np.ndarray | torch.Tensor,
+        proprio: np.ndarray | torch.Tensor,
+        slots: Sequence[int],
+        latents_override: torch.Tensor | None = None,
+        _pre_seconds: float = 0.0,
+    ) -> StepOutput:
+        """One control step for the rows `slots` (already reset): images (B, V, H, W, 3) uint8-valued,
+        proprio (B, 9) = joint positions (7) + gripper qpos (2). `latents_override` (B, V*G*G, C) replaces
+        the planner output (the noise is still drawn), as the injected-latent parity records do."""
+        t0 = time.perf_counter()
+        dev = self.device
+        rows = [self._rows[s] for s in slots]
+        b = len(rows)
+        frames = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+        frames = frames.to(dev, torch.float32) / 127.5 - 1.0  # (B, V, H, W, 3) in [-1, 1]
+        prop = torch.as_tensor(np.asarray(proprio) if not torch.is_tensor(proprio) else proprio)
+        prop = prop.to(dev, torch.float32)
+        noise, dummy = [], []
+        for row in rows:
+            noise.append(torch.randn((1, *self.latent_shape), generator=row.generator, device=dev))
+            dummy.append(torch.randn((1, 1, 5), generator=row.generator, device=dev))
+        z, track_conds = torch.cat(noise), torch.cat(dummy)
+        start_t = torch.tensor([row.step for row in rows], dtype=torch.int64, device=dev)
+        txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
+        t_pre = time.perf_counter()
+
+        autocast = (
+            torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
+        )
+        planner = self.planner
+        with autocast:
+            cond = planner.conditioning(frames, track_conds=track_conds, txt_emb=txt, start_t=start_t)
+            cond = planner.prepare(cond)
+            uncond = None
+            if self.cfg_scale > 1.0:
+                uncond = planner.prepare(planner.unconditioning(cond, start_t=start_t))
+            t_enc = time.perf_counter()
+            if latents_override is None:
+                x = z
+                dt = torch.full((b, 1, 1), 1 / self.nfe, dtype=z.dtype, device=dev)
+                for k in range(self.nfe, 0, -1):
+                    t = torch.full((b,), k / self.nfe, dtype=z.dtype, device=dev)
+                    v = planner.predict_velocity(x, t, cond)
+                    if uncond is not None:
+                        v_u = planner.predict_velocity(x, t, uncond)
+                        v = v_u + self.cfg_scale * (v - v_u)
+                    x = x - dt * v
+                latents = x
+            else:
+                latents = latents_override.to(dev, torch.float32)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_plan = time.perf_counter()
+
+        chunks = self.head.predict(latents.float(), prop)  # (B, T, A) fp32, outside autocast
+        actions = torch.cat([row.ensembler.update(chunks[i : i + 1]) for i, row in enumerate(rows)])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_head = time.perf_counter()
+
+        t_ovl = t_head
+        if self.overlay:
+            tracks = self._decode_overlay(latents, frames, autocast)
+            for i, row in enumerate(rows):
+                row.last_tracks = tracks[i]
+            t_ovl = time.perf_counter()
+
+        spent = {
+            "preprocess_s": _pre_seconds + (t_pre - t0),
+            "encode_s": t_enc - t_pre,
+            "plan_s": t_plan - t_enc,
+            "head_s": t_head - t_plan,
+            "overlay_s": t_ovl - t_head,
+        }
+        for row in rows:
+            row.step += 1
+            for k, v in spent.items():
+                row.timing[k] += v / b
+        return StepOutput(actions, chunks, latents.float(), z, track_conds, start_t)
+
+    # -- plan visualisation ----------------------------------------------------------------------------
+    def _decode_overlay(self, latents: torch.Tensor, frames: torch.Tensor, autocast: Any) -> np.ndarray:
+        """Decode the plan at a grid of query points per view → (B, V, grid², frames/stride, 2) yx.
+
+        The decoder's output depends on the other queries (Q12), so the grid is padded to the training
+        query count with fixed pseudo-random points (generator seed 0; not the rows' generators)."""
+        b, v = frames.shape[:2]
+        grid = torch.from_numpy(overlay_query_grid(self.overlay_grid)).to(self.device)
+        n_pad = max(self.overlay_queries - grid.shape[0], 0)
+        pad = torch.rand((n_pad, 2), generator=torch.Generator().manual_seed(0)) * 2 - 1
+        queries = torch.cat([grid, pad.to(self.device)])[None, None].expand(b, v, -1, -1)
+        with autocast:
+            tracks = self.planner.decode(latents, queries, self.overlay_frames, frames)
+        tracks = tracks[:, :, : grid.shape[0], :: self.overlay_stride].float()
+        return tracks.cpu().numpy()
+
+    def overlay_views(self, obs: dict[str, Any], rows: list[RowInfo]) -> list[tuple[np.ndarray, ...] | None]:
+        """Runner hook: per row, the camera images with the latest plan drawn on (None when overlays are off)."""
+        if not self.overlay:
+            return [None] * len(rows)
+        out: list[tuple[np.ndarray, ...] | None] = []
+        for i, r in enumerate(rows):
+            tracks = self._rows[r.slot].last_tracks
+            if tracks is None:
+                out.append(None)
+                continue
+            views = [np.asarray(obs[f"{c}_image"][i]) for c in CAMERAS[: self.num_views]]
+            out.append(tuple(draw_plan(views, tracks)))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading a released (or released-layout) policy-head file
+
+
+def split_policy_state_dict(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Released policy-head keys → (planner state dict without `track_predictor.`, head state dict)."""
+    prefix = "track_predictor."
+    planner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    head = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+    if not planner:
+        from zipmo_robot.cli import UserError
+
+        raise UserError(
+            "this file has no track_predictor.* keys, so it is not a ZipMo policy-head checkpoint "
+            "(expected e.g. policy_heads/atm_libero.safetensors; a stand-alone planner file has no head)"
+        )
+    return planner, head
+
+
+def build_policy_models(
+    sd: dict[str, Any], device: str | torch.device = "cpu", dino_heads: int | None = None
+) -> tuple[torch.nn.Module, InverseDynamicsHead]:
+    """Planner + head from one policy-head state dict (official key layout), loaded strictly.
+
+    The file's `track_predictor.*` is the planner (one copy: it is moved into the planner module, not
+    duplicated); its keys go through the core converter (which may fold an identical VAE DINO copy into
+    the planner's, quirk Q20). The head keys map one to one. `sd` is emptied as tensors are consumed.
+    """
+    from zipmo_robot.policy.head import InverseDynamicsHeadConfig
+
+    from zipmo_robot import checkpoints
+    from zipmo_robot.planner import build_planner
+
+    planner_sd, head_sd = split_policy_state_dict(sd)
+    sd.clear()
+    kind = "planner_libero_tramoe" if "start_t_mapping.coeffs" in planner_sd else "planner_libero_atm"
+    planner_sd = checkpoints.convert_official_state_dict(kind, planner_sd)
+    try:
+        pcfg = checkpoints.infer_config(kind, planner_sd, dino_num_heads=dino_heads)
+    except ValueError as exc:
+        from zipmo_robot.cli import UserError
+
+        raise UserError(
+            f"{exc} (the file's DINO width is not a multiple of 64, so it is not a release-size checkpoint); "
+            "pass the head count, e.g. `+policy_options.dino_heads=2`, or the size name, e.g. "
+            "`+policy_options.model=tiny`"
+        ) from exc
+    pcfg = replace(pcfg, share_vae_dino=checkpoints.shares_vae_dino(kind, planner_sd), official_quirks=True)
+    planner = build_planner(pcfg)
+    checkpoints.load_strict(planner, planner_sd, f"planner part (track_predictor.*) of the {kind} head file")
+    del planner_sd
+    hcfg = InverseDynamicsHeadConfig.from_state_dict(head_sd)
+    hcfg.grid_size = pcfg.vae.latent_grid
+    hcfg.num_views = pcfg.num_views
+    head = InverseDynamicsHead(hcfg)
+    checkpoints.load_strict(head, head_sd, "policy-head part of the checkpoint")
+    planner.requires_grad_(False)
+    head.requires_grad_(False)
+    return planner.to(device).eval(), head.to(device).eval()
