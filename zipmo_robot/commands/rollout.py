@@ -1,0 +1,122 @@
+"""`zipmo-robot rollout`: run a policy on LIBERO tasks in parallel worker processes; results, summary, videos."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "Roll out a policy on LIBERO tasks (parallel envs); write results.jsonl, summary.json and videos."
+
+DEFAULT_POLICY = "zipmo"  # issue 3/6: the ZipMo agent (policy.factory._make_zipmo)
+
+# flag dest -> config key (flags given on the command line become hydra overrides)
+_FLAG_KEYS: dict[str, str] = {
+    "suite": "suite",
+    "episodes": "episodes",
+    "num_envs": "num_envs",
+    "policy": "policy",
+    "seed": "seed",
+    "out": "out",
+    "video": "video",
+    "image_size": "image_size",
+    "max_steps": "max_steps",
+    "retries": "retries",
+    "assets": "assets",
+    "checkpoint": "policy_options.checkpoint",
+    "nfe": "policy_options.nfe",
+    "cfg_scale": "policy_options.cfg_scale",
+    "precision": "policy_options.precision",
+    "device": "policy_options.device",
+    "overlay": "policy_options.overlay",
+    "demo": "policy_options.demo",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from zipmo_robot.envs.config import SUITES
+    from zipmo_robot.policy.factory import POLICY_NAMES
+
+    g = parser.add_argument_group("what to run")
+    g.add_argument("--suite", choices=SUITES, help="LIBERO suite (default libero_spatial)")
+    g.add_argument("--tasks", help="task ids, e.g. 0,3 or 2-5 (default: every task of the suite)")
+    g.add_argument("--episodes", type=int, help="episodes per task (default: the protocol's)")
+    g.add_argument("--protocol", help="evaluation protocol: default, zipmo_release, atm, tramoe")
+    g.add_argument("--seed", type=int, help="base seed (default: the protocol's)")
+    g.add_argument(
+        "--image-size", type=int, help="render size of both cameras (default: the protocol's, 128)"
+    )
+    g.add_argument("--max-steps", type=int, help="policy steps per episode (default: the protocol's, 600)")
+    g = parser.add_argument_group("how to run it")
+    g.add_argument("--num-envs", type=int, help="worker processes, 2-3 GB each (default 2)")
+    g.add_argument("--retries", type=int, help="retries of an episode whose worker failed (default 2)")
+    g.add_argument(
+        "--out", help="output folder (default runs/rollout/<suite>-<policy>-<protocol>-seed<seed>)"
+    )
+    g.add_argument(
+        "--video", action=argparse.BooleanOptionalAction, default=None, help="write mp4s (default on)"
+    )
+    g.add_argument(
+        "--assets", help="LIBERO assets folder (else $ZIPMO_LIBERO_ASSETS, else installed packages)"
+    )
+    g = parser.add_argument_group("policy")
+    g.add_argument("--policy", choices=POLICY_NAMES, help=f"policy (default {DEFAULT_POLICY})")
+    g.add_argument("--checkpoint", help="policy checkpoint: official:atm, official:tramoe or a file")
+    g.add_argument("--nfe", type=int, help="planner sampling steps")
+    g.add_argument("--cfg-scale", type=float, help="planner guidance scale")
+    g.add_argument("--precision", help="policy numerics, e.g. fp32 (default: the policy's)")
+    g.add_argument("--device", help="torch device for the policy, e.g. cpu or cuda")
+    g.add_argument(
+        "--overlay", action=argparse.BooleanOptionalAction, default=None, help="draw plans on videos"
+    )
+    g.add_argument("--demo", help="demonstration file (--policy replay)")
+
+
+def _override(key: str, value: Any) -> str:
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return f"{key}='{escaped}'"
+    return f"{key}={value}"
+
+
+def build_overrides(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """Trailing hydra overrides, then one override per flag given (flags win)."""
+    out = list(overrides)
+    if args.protocol is not None:
+        out.insert(0, f"protocol={args.protocol}")
+    for dest, key in _FLAG_KEYS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            out.append(_override(key, value))
+    if args.tasks is not None:
+        out.append(_override("tasks", args.tasks))
+    return out
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from omegaconf import open_dict
+
+    from zipmo_robot.cli import UserError
+    from zipmo_robot.config import compose
+    from zipmo_robot.eval.protocols import PROTOCOLS
+    from zipmo_robot.eval.reports import print_table
+    from zipmo_robot.policy.factory import make_policy
+    from zipmo_robot.rollout import resolve_config, run_rollout
+
+    if args.protocol is not None and args.protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {args.protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+    cfg = compose("rollout", build_overrides(args, overrides))
+    if cfg.policy is None:
+        with open_dict(cfg):
+            cfg.policy = DEFAULT_POLICY
+    cfg = resolve_config(cfg)
+    options = {k: v for k, v in cfg.policy_options.items()}
+    options.update(suite=cfg.suite, tasks=list(cfg.tasks), seed=cfg.seed, image_size=cfg.image_size)
+    policy = make_policy(cfg.policy, options)
+    summary = run_rollout(cfg, policy)
+    print_table(summary)
+    print(f"results in {summary['output_dir']}")
+    return 0
