@@ -395,25 +395,60 @@ def load_official(
     config: Any = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Any:
-    """Build the model of `kind` (release sizes unless `config` is given) and load a released file strictly.
+    """Build the model of `kind` and load a released (official-layout) file into it strictly.
 
-    `kind`: an official kind (`vae`, `planner_libero_atm`, ...; None = detect from the keys). `config` is the
-    core's model config for that kind (see `zipmo_robot.model_configs`). Keys are converted with
-    `checkpoints.convert_official_state_dict` and loaded with `checkpoints.load_strict`, which reports every
-    missing/unexpected key and shape mismatch in one error.
+    `kind`: `vae`, `planner_<sparse|dense|libero_atm|libero_tramoe>` or `policy_head_<atm|tramoe>`; None
+    detects it from the keys. `config`: what `model_configs.ModelSizes.config_for(kind)` returns (default:
+    release sizes). Keys go through `checkpoints.convert_official_state_dict`; when a planner's two DINO
+    copies are identical the model is built with one shared copy (quirk Q20). Every missing/unexpected key
+    and shape mismatch is reported in one `checkpoints.CheckpointError`. Returns the model in eval mode, or
+    `(planner, head)` for a policy-head file (the head file's own planner: one copy, loaded once).
     """
-    from zipmo_robot import checkpoints
-    from zipmo_robot.model_configs import release_config
+    from zipmo_robot.model_configs import HEAD_KINDS, release_config
 
     path = resolve_checkpoint(path_or_spec, suite=suite, cache_dir=cache_dir)
     sd = read_safetensors(path)
     kind = kind or detect_kind(sd)
     config = config if config is not None else release_config(kind)
-    converted = checkpoints.convert_official_state_dict(kind, sd)
-    del sd
-    model = checkpoints.build_model(kind, config)
-    checkpoints.load_strict(model, converted)
-    return model.eval()
+    if kind in HEAD_KINDS:
+        planner_cfg, head_cfg = config
+        return _load_head(kind, sd, planner_cfg, head_cfg, str(path))
+    return _load_model(kind, sd, config, str(path)).eval()
+
+
+def _load_model(kind: str, sd: dict[str, Any], config: Any, what: str, prefix: str = "") -> Any:
+    """Convert (`prefix` = where the planner sits in `sd`), build with the right DINO sharing, load strictly.
+
+    Tensors under `prefix` are removed from `sd` as they are consumed, so a file is never held twice.
+    """
+    from dataclasses import replace
+
+    from zipmo_robot import checkpoints
+
+    part = {k[len(prefix) :]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
+    sub_kind = (
+        kind if not prefix else ("planner_libero_tramoe" if kind.endswith("tramoe") else "planner_libero_atm")
+    )
+    converted = checkpoints.convert_official_state_dict(sub_kind, part)
+    del part
+    if sub_kind != "vae":
+        config = replace(config, share_vae_dino=checkpoints.shares_vae_dino(sub_kind, converted))
+    model = checkpoints.build_model(sub_kind, config)
+    checkpoints.load_strict(model, converted, f"official {kind} checkpoint {what}")
+    return model
+
+
+def _load_head(kind: str, sd: dict[str, Any], planner_cfg: Any, head_cfg: Any, what: str) -> tuple[Any, Any]:
+    """A released policy-head file → (LIBERO planner from `track_predictor.*`, inverse-dynamics head)."""
+    from zipmo_robot import checkpoints
+    from zipmo_robot.policy.head import InverseDynamicsHead
+
+    if not any(k.startswith("track_predictor.") for k in sd):
+        raise UserError(f"{what} has no track_predictor.* keys: it is not a policy-head file ({kind})")
+    planner = _load_model(kind, sd, planner_cfg, what, prefix="track_predictor.")
+    head = InverseDynamicsHead(head_cfg)
+    checkpoints.load_strict(head, sd, f"official {kind} checkpoint {what} (head part)")
+    return planner.eval(), head.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
