@@ -15,9 +15,96 @@ POLICY_NAMES: tuple[str, ...] = ("zipmo", "random", "zero", "scripted", "replay"
 
 
 def _make_zipmo(options: dict[str, Any]) -> Policy:
+    """ZipMo agent from a released (or released-layout) policy-head file.
+
+    Options: `checkpoint` (official:atm (default) | official:tramoe (the suite's head) | PATH), `nfe` (10),
+    `cfg_scale` (1.0), `precision` (bf16 = the official planner autocast, default; fp32), `device`
+    (default cuda when available, else cpu), `overlay` (plan tracks on videos; default on with a GPU, off
+    on CPU where the extra VAE decode per step is costly), `ensemble` (official | textbook), and for files
+    of non-release sizes `dino_heads` or `model` (a size name of configs/model, e.g. tiny), `text_embedding`
+    (auto | bert | hash: `hash` is a test-only stand-in for BERT, chosen automatically when the file's
+    text width is not BERT's 768).
+    """
+    import torch
+    from zipmo_robot.policy.agent import (
+        PRECISIONS,
+        BertTaskEmbedder,
+        HashTaskEmbedder,
+        RollingReplanner,
+        build_policy_models,
+    )
+    from zipmo_robot.policy.ensembling import ENSEMBLE_MODES
+
+    from zipmo_robot import hub
     from zipmo_robot.cli import UserError
 
-    raise UserError("--policy zipmo is not available yet (issue 3/6); use --policy random or zero")
+    def opt(key: str, default: Any) -> Any:
+        value = options.get(key)
+        return default if value is None else value
+
+    suite = options.get("suite")
+    device = torch.device(opt("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
+    precision = opt("precision", "bf16")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)} (bf16 = official)")
+    ensemble = opt("ensemble", "official")
+    if ensemble not in ENSEMBLE_MODES:
+        raise UserError(f"ensemble={ensemble!r} is not one of {', '.join(ENSEMBLE_MODES)}")
+    nfe = int(opt("nfe", 10))
+    if nfe < 1:
+        raise UserError(f"--nfe must be >= 1 (Euler steps per replan), got {nfe}")
+    dino_heads = options.get("dino_heads")
+    if dino_heads is None and options.get("model") is not None:
+        from zipmo_robot.model_configs import load_sizes
+
+        dino_heads = load_sizes(str(options["model"])).dino.num_heads
+
+    path = hub.resolve_checkpoint(str(opt("checkpoint", "official:atm")), suite=suite)
+    sd = hub.read_safetensors(path)
+    kind = hub.detect_kind(sd)
+    if not kind.startswith("policy_head"):
+        raise UserError(
+            f"{path} is a {kind} file, not a policy head; --policy zipmo needs a head file such as "
+            "official:atm, official:tramoe or policy_heads/atm_libero.safetensors"
+        )
+    planner, head = build_policy_models(sd, device=device, dino_heads=dino_heads)
+
+    text_dim = planner.cfg.d_cross
+    mode = opt("text_embedding", "auto")
+    if mode == "auto":
+        mode = "bert" if text_dim == 768 else "hash"
+    if mode == "hash":
+        import warnings
+
+        warnings.warn(
+            f"task embeddings: deterministic hash stand-in of width {text_dim} (test checkpoints only; "
+            "a real checkpoint uses BERT)",
+            stacklevel=2,
+        )
+        embedder: Any = HashTaskEmbedder(text_dim)
+    elif mode == "bert":
+        embedder = BertTaskEmbedder()
+        if suite is not None:  # fail before the envs start if BERT or the cache is unavailable
+            from zipmo_robot.envs.suites import list_tasks
+
+            tasks = list_tasks(suite)
+            wanted = options.get("tasks") or [t.task_id for t in tasks]
+            embedder.cache.get(suite, [tasks[i].language for i in wanted])
+    else:
+        raise UserError(f"text_embedding={mode!r} is not one of auto, bert, hash")
+
+    return RollingReplanner(
+        planner,
+        head,
+        task_embedder=embedder,
+        nfe=nfe,
+        cfg_scale=float(opt("cfg_scale", 1.0)),
+        precision=precision,
+        ensemble_mode=ensemble,
+        overlay=bool(opt("overlay", device.type == "cuda")),
+    )
 
 
 def _make_scripted(options: dict[str, Any]) -> Policy:
