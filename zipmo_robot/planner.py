@@ -9,6 +9,23 @@ Flow convention (official, quirk Q7): `x_t = (1 - t) x_0 + t ε`, t = 1 is noise
 `ε - x_0`, the Euler sampler walks t = 1 -> 1/S with `x <- x - v/S`. Latents inside the planner are
 normalised (`normalize_latents`); the VAE works on un-normalised ones.
 
+Where the official quirks (§11) live, and which are switchable (`PlannerConfig`; a converted official
+checkpoint turns them all on, our checkpoints store their choice in config.json):
+  Q5/Q6 int64 episode step truncates the Fourier frequencies: `blocks.InputMLP.features`, used by
+        `LiberoMotionPlanner.step_token`; switch `int_truncated_step_embedding`.
+  Q7    reversed flow time (t = 1 noise) and logit-normal training times: here; switches
+        `paper_time_convention`, `time_sampling`.
+  Q8    3D RoPE with t = 0 for latents, "3d_10" = 10.0*3.14, LIBERO image tokens at t = -1:
+        `rope.make_rope`, `_rope_modes`, `_image_t` (architecture: fixed by the weights).
+  Q9/Q10 RoPE angles, time features, AdaRMSNorm's +1 in the activation dtype: `rope`, `blocks`; they only
+        differ from fp32 under bf16 autocast, which the caller chooses (the agent's `--precision`).
+  Q14   float64 latent (de)normalisation: `normalize_latents`/`denormalize_latents`; switch
+        `float64_latent_norm`.
+  Q16   LIBERO: the official code embeds the dummy pokes and discards the result; skipped here (no effect on
+        any output). Text token encoded by a 1-token transformer, CFG token `ca_mask_token`.
+  Q17   sparse pokes: zero padding to n_cond (eval), last-Poisson(2.5) dropping (train): `poke_tokens`.
+  Q19   DINO squash-resize: `dino.better_resize`. Q20 two DINO copies: `checkpoints` (shared if identical).
+
 Hot path (issue item 9): `sample` computes the image features, text/poke tokens, the image-token projection
 and every cross-attention key/value once per call, skips the unconditional pass when the guidance scale is
 <= 1, and runs under `torch.inference_mode`. Autocast is the caller's business (the agent turns on bf16).
