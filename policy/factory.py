@@ -108,15 +108,33 @@ def _make_zipmo(options: dict[str, Any]) -> Policy:
 
 
 def _make_scripted(options: dict[str, Any]) -> Policy:
-    from zipmo_robot.cli import UserError
+    """The privileged-state pick-and-place expert acting through per-slot shadow envs (policy/scripted.py)."""
+    from zipmo_robot.policy.scripted import ScriptedPolicy
 
-    raise UserError("--policy scripted is not available yet (issue 4/6); use --policy random or zero")
+    settle = options.get("settle_steps")
+    return ScriptedPolicy(
+        settle_steps=5 if settle is None else int(settle), seed_offset=int(options.get("seed") or 0)
+    )
 
 
 def _make_replay(options: dict[str, Any]) -> Policy:
-    from zipmo_robot.cli import UserError
+    """Replay the actions of `--demo FILE` (an official-layout LIBERO HDF5 file)."""
+    from pathlib import Path
 
-    raise UserError("--policy replay is not available yet (issue 4/6); use --policy random or zero")
+    from zipmo_robot.policy.scripted import ReplayPolicy
+
+    from zipmo_robot.cli import UserError
+    from zipmo_robot.data.hdf5 import DemoFileError
+
+    demo = options.get("demo")
+    if not demo:
+        raise UserError("--policy replay needs --demo FILE (a LIBERO demonstration HDF5 file)")
+    if not Path(demo).is_file():
+        raise UserError(f"--demo {demo} does not exist; pass a LIBERO demonstration HDF5 file")
+    try:
+        return ReplayPolicy(demo)
+    except DemoFileError as exc:
+        raise UserError(f"--demo: {exc}") from exc
 
 
 def make_policy(name: str, options: dict[str, Any]) -> Policy:

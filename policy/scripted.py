@@ -1,0 +1,122 @@
+"""Rollout policies that need no weights: the scripted expert (`--policy scripted`) and demo replay
+(`--policy replay --demo FILE`).
+
+The scripted expert needs privileged simulator state, which the runner's observations do not carry. It keeps
+a *shadow* state-only LIBERO env per runner slot, reset to the same init state as the real episode and stepped
+with the same (float32-rounded) actions. LIBERO is deterministic across processes (LIBERO_SETUP.md,
+"Determinism"), so the shadow follows the real env exactly; each step checks this against the observed joint
+positions and counts divergences (`self.divergences`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from zipmo_robot.policy.base import ACTION_DIM, RowInfo
+
+DUMMY_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+SYNC_TOLERANCE = 1e-6  # max |joint position| difference (rad) between the shadow and the observed env
+
+
+class ScriptedPolicy:
+    """The pick-and-place expert of `zipmo_robot.data.expert`, acting through per-row shadow envs.
+
+    Args:
+        settle_steps: settle steps the runner's env takes after `set_init_state` (the shadow repeats them).
+        seed_offset: added to each row's episode seed for the expert's generator.
+    """
+
+    def __init__(self, settle_steps: int = 5, seed_offset: int = 0) -> None:
+        self.settle_steps = settle_steps
+        self.seed_offset = seed_offset
+        self._shadows: dict[int, Any] = {}  # slot -> LiberoEnv (state-only)
+        self._experts: dict[int, Any] = {}
+        self.divergences = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        self._experts.clear()
+
+    def close(self) -> None:
+        """Close every shadow env."""
+        for env in self._shadows.values():
+            env.close()
+        self._shadows.clear()
+
+    def _shadow(self, row: RowInfo) -> Any:
+        from zipmo_robot.envs.config import EnvConfig
+        from zipmo_robot.envs.libero import LiberoEnv
+
+        env = self._shadows.get(row.slot)
+        if env is None or (env.cfg.suite, env.cfg.task_id) != (row.suite, row.task_id):
+            if env is not None:
+                env.close()
+            cfg = EnvConfig(
+                suite=row.suite,
+                task_id=row.task_id,
+                render=False,
+                settle_steps=self.settle_steps,
+                max_steps=10**6,
+            )
+            env = LiberoEnv(cfg)
+            self._shadows[row.slot] = env
+        return env
+
+    def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
+        from zipmo_robot.data.expert import PickPlaceExpert
+
+        out = np.empty((len(rows), ACTION_DIM), dtype=np.float32)
+        for i, row in enumerate(rows):
+            env = self._shadow(row)
+            if row.new_episode or row.slot not in self._experts:
+                env.reset(seed=row.seed, options={"init_state_id": row.init_state_id})
+                rng = np.random.default_rng(row.seed + self.seed_offset)
+                self._experts[row.slot] = PickPlaceExpert.for_env(env.raw.env, rng=rng)
+            if "joint_states" in obs:
+                shadow_q = env.raw.env.robots[0]._joint_positions
+                if np.abs(np.asarray(obs["joint_states"][i]) - shadow_q).max() > SYNC_TOLERANCE:
+                    self.divergences += 1
+            action = np.clip(self._experts[row.slot].act(env.raw.env), -1.0, 1.0).astype(np.float32)
+            env.raw.step(action.astype(np.float64))
+            out[i] = action
+        return out
+
+
+class ReplayPolicy:
+    """Replays the actions of a demonstration file: the demo recorded from the row's init state when the file
+    says so (`init_state_id` attribute), else demo `episode_index mod n`; the dummy action after its end."""
+
+    def __init__(self, path: str | Path) -> None:
+        from zipmo_robot.data.hdf5 import iter_demos, read_info
+
+        self.path = Path(path)
+        self.info = read_info(self.path)
+        self.demos = [
+            (d.attrs.get("init_state_id", -1), d.actions.astype(np.float32))
+            for d in iter_demos(self.path, load_images=False)
+        ]
+        self.language = self.info.language
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def _actions_for(self, row: RowInfo) -> np.ndarray:
+        if self.language and row.task_language and row.task_language.strip() != self.language:
+            from zipmo_robot.cli import UserError
+
+            raise UserError(
+                f"--demo {self.path} holds demos of task {self.language!r} but the episode is task "
+                f"{row.task_language!r} ({row.suite} task {row.task_id}); pass --tasks with that task only"
+            )
+        for init_id, actions in self.demos:
+            if int(init_id) == row.init_state_id:
+                return actions
+        return self.demos[row.episode_index % len(self.demos)][1]
+
+    def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
+        out = np.empty((len(rows), ACTION_DIM), dtype=np.float32)
+        for i, row in enumerate(rows):
+            actions = self._actions_for(row)
+            out[i] = actions[row.step] if row.step < len(actions) else DUMMY_ACTION
+        return out

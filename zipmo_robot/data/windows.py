@@ -1,0 +1,59 @@
+"""Training windows cut at load time from full-episode preprocessed demos.
+
+ZipMo (supplement A) trains the VAE and planner on 16 future frames interpolated linearly in time to 64
+samples; the paper leaves the interpolation open, so it is linear with both end frames kept
+(sample s of 64 sits at frame start + s * 15/63). Action chunks are the next 16 actions. Windows that run
+past the episode end repeat the last frame / last action (the scene is at rest after success).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FUTURE_FRAMES = 16
+TRACK_SAMPLES = 64
+ACTION_HORIZON = 16
+
+
+def frame_indices(start: int, length: int, n_frames: int = FUTURE_FRAMES) -> np.ndarray:
+    """Frames start .. start + n_frames - 1, clipped to the episode (length T)."""
+    return np.minimum(np.arange(start, start + n_frames), length - 1)
+
+
+def interpolate_time(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Linear interpolation along axis 0 from T to `n_out` samples, end points kept: (T, ...) -> (n_out, ...)."""
+    t = x.shape[0]
+    if t == 1:
+        return np.repeat(x, n_out, axis=0)
+    pos = np.linspace(0.0, t - 1, n_out)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, t - 1)
+    w = (pos - lo).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (x[lo] * (1.0 - w) + x[hi] * w).astype(x.dtype, copy=False)
+
+
+def track_window(
+    tracks: np.ndarray,
+    visible: np.ndarray,
+    start: int,
+    n_frames: int = FUTURE_FRAMES,
+    n_samples: int = TRACK_SAMPLES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One view's window: tracks (T, N, 2) yx -> (N, n_samples, 2) (the VAE's (N, T, 2) layout) and the
+    visibility at the window start (N,) bool."""
+    idx = frame_indices(start, tracks.shape[0], n_frames)
+    window = interpolate_time(tracks[idx].astype(np.float32), n_samples)
+    return np.ascontiguousarray(window.transpose(1, 0, 2)), visible[idx[0]].astype(bool)
+
+
+def pick_tracks(visible_at_start: np.ndarray, n_tracks: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Indices of `n_tracks` distinct tracks visible at the window start, random order; None if too few."""
+    candidates = np.flatnonzero(visible_at_start)
+    if len(candidates) < n_tracks:
+        return None
+    return rng.permutation(candidates)[:n_tracks]
+
+
+def action_chunk(actions: np.ndarray, start: int, horizon: int = ACTION_HORIZON) -> np.ndarray:
+    """Actions start .. start + horizon - 1 (T, 7) -> (horizon, 7), the last action repeated past the end."""
+    return actions[frame_indices(start, actions.shape[0], horizon)]
