@@ -193,8 +193,9 @@ def _vae_outputs(kind: str) -> dict[str, torch.Tensor]:
         out["start_emb"] = m.embed_frame(frame)
         mean, logvar, pos = m.encode(io["tracks_enc_yx"], frame)
         out.update(enc_mean=mean, enc_logvar=logvar, enc_latent_pos=pos)
-        T = info["tensors"]["decoded_tracks"]["shape"][2]
-        out["decoded_tracks"] = m.decode(io["enc_mean"], io["query_pos"], T, frame)
+        if "decoded_tracks" in info["tensors"]:
+            T = info["tensors"]["decoded_tracks"]["shape"][2]
+            out["decoded_tracks"] = m.decode(io["enc_mean"], io["query_pos"], T, frame)
         out["recon_l1_from_mean"] = m.decoder(
             io["enc_mean"], io["tracks_dec_yx"], io["enc_latent_pos"], io["start_emb"]
         )
@@ -239,14 +240,17 @@ def _planner_outputs(kind: str) -> dict[str, torch.Tensor]:
             float_kw = {**kw, "start_t": kw["start_t"].float()}
             out["cond_x_cross_float_start_t"] = m.conditioning(frame, **float_kw).x_cross
     out["sample_latents"] = m.sample(io["z"], frame, sample_steps=steps, **kw)
-    T = info["tensors"]["sample_tracks"]["shape"][-2]
-    out["sample_tracks"] = m.sample(
-        io["z"], frame, sample_steps=steps, query_pos=io["query_pos"], points_per_track=T, **kw
-    )
+    if "sample_tracks" in info["tensors"]:
+        T = info["tensors"]["sample_tracks"]["shape"][-2]
+        out["sample_tracks"] = m.sample(
+            io["z"], frame, sample_steps=steps, query_pos=io["query_pos"], points_per_track=T, **kw
+        )
     if "denorm_sample_latents_head" in io:
         n = info["tensors"]["denorm_sample_latents_head"]["shape"][1]
         out["denorm_sample_latents_head"] = m.denormalize_latents(io["sample_latents"][:, :n])
-    cfg = sampler["cfg_sample"]
+    cfg = sampler.get("cfg_sample")
+    if cfg is None or "sample_latents_cfg" not in info["tensors"]:
+        return out
     out["sample_latents_cfg"] = m.sample(
         io["z"], frame, sample_steps=cfg["sample_steps"], cfg_scale=cfg["cfg_scale"], **kw
     )

@@ -216,18 +216,19 @@ def test_converter_shares_identical_dino_copies_and_keeps_different_ones():
         pytest.skip(f"the fixture set has no {kind}")
     sd = P.weights(kind)
     cfg = P.planner_config(kind)
-    # The fixture's two copies differ: both are kept.
-    assert not checkpoints.dino_copies_identical(sd)
-    kept = checkpoints.convert_official_state_dict(kind, sd)
-    assert kept.keys() == sd.keys() and not checkpoints.shares_vae_dino(kind, kept)
+    dino_keys = [k for k in sd if k.startswith("img_embedder.model.")]
+    # Different copies (one tensor perturbed): both are kept.
+    different = dict(sd)
+    different["vae." + dino_keys[0]] = sd[dino_keys[0]] + 1.0
+    assert not checkpoints.dino_copies_identical(different)
+    kept = checkpoints.convert_official_state_dict(kind, different)
+    assert kept.keys() == different.keys() and not checkpoints.shares_vae_dino(kind, kept)
     # Identical copies: the VAE's is dropped and one module serves both.
     same = dict(sd)
-    for k, v in sd.items():
-        if k.startswith("img_embedder.model."):
-            same["vae." + k] = v.clone()
+    for k in dino_keys:
+        same["vae." + k] = sd[k].clone()
     converted = checkpoints.convert_official_state_dict(kind, same)
-    n_dino = sum(k.startswith("img_embedder.model.") for k in sd)
-    assert len(converted) == len(same) - n_dino and checkpoints.shares_vae_dino(kind, converted)
+    assert len(converted) == len(same) - len(dino_keys) and checkpoints.shares_vae_dino(kind, converted)
     shared = checkpoints.model_from_official(kind, same, cfg).eval()
     assert shared.cfg.share_vae_dino and shared.vae.img_embedder is None
     separate = checkpoints.build_model(kind, cfg).eval()
