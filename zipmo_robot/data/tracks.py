@@ -35,6 +35,7 @@ class ViewTracks:
     query_frame: np.ndarray
     body: np.ndarray
     depth: np.ndarray
+    query_yx: np.ndarray | None = None  # (N, 2) the query pixel centres, (y, x) in [-1, 1]
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB of the same renders, oriented (when kept)
 
 
@@ -208,7 +209,7 @@ def track_view(
     rng = rng if rng is not None else np.random.default_rng(0)
     t_total = len(states)
     query_frames = tuple(sorted({min(max(int(q), 0), t_total - 1) for q in query_frames}))
-    bodies, local_points, qframes = [], [], []
+    bodies, local_points, qframes, queries_yx = [], [], [], []
     depth_maps: dict[int, np.ndarray] = {}
     rgb_maps: dict[int, np.ndarray] = {}
     for q in query_frames:
@@ -227,6 +228,7 @@ def track_view(
         bodies.append(body)
         local_points.append(local)
         qframes.append(np.full(len(body), q, dtype=np.int32))
+        queries_yx.append(to_normalised(rows + 0.5, cols + 0.5, size, size))
     body = np.concatenate(bodies)
     local = np.concatenate(local_points)
     n = len(body)
@@ -252,7 +254,10 @@ def track_view(
         seen = np.zeros(n, dtype=bool)
         seen[inside] = np.abs(depth[ri[inside], ci[inside]] - d[inside]) < depth_tolerance + 0.02 * d[inside]
         visible[t] = seen
-    return ViewTracks(camera, tracks, visible, np.concatenate(qframes), body.astype(np.int32), depths, frames)
+    query_yx = np.concatenate(queries_yx).astype(np.float32)
+    return ViewTracks(
+        camera, tracks, visible, np.concatenate(qframes), body.astype(np.int32), depths, query_yx, frames
+    )
 
 
 def track_demo(
@@ -329,4 +334,5 @@ def cotracker_view(
         np.full(n, query_frame, np.int32),
         np.full(n, -1, np.int32),
         np.full((t, n), np.nan, np.float32),
+        to_normalised(query_rows + 0.5, query_cols + 0.5, h, w).astype(np.float32),
     )
