@@ -31,6 +31,7 @@ class GraspSpec:
     side_offset: float = 0.0
     height: float = 0.03
     yaw: float = 0.0
+    centre_offset: tuple[float, float] = (0.0, 0.0)  # world xy offset of the grasp centre from the origin
 
 
 def grasp_spec_for(name: str, env: Any) -> GraspSpec:
@@ -39,8 +40,51 @@ def grasp_spec_for(name: str, env: Any) -> GraspSpec:
         return GraspSpec(side_offset=_rim_radius(env, name) - 0.002, height=0.036)
     if "plate" in name:
         return GraspSpec(side_offset=_rim_radius(env, name) - 0.004, height=0.012)
-    top = _top_height(env, name)
-    return GraspSpec(side_offset=0.0, height=max(0.01, min(top - 0.025, 0.08)))
+    return _top_grasp(env, name)
+
+
+def _top_grasp(env: Any, name: str) -> GraspSpec:
+    """Top-down grasp of a compact object: fingers across its narrower horizontal side, the grip site 3.5 cm
+    below its top (at least 1.5 cm above its bottom)."""
+    lo, hi, axes = _body_frame_extent(env, name)
+    origin = np.array(env.sim.data.body_xpos[env.obj_body_id[name]])
+    size = hi - lo
+    short = axes[:, 0] if size[0] <= size[1] else axes[:, 1]
+    direction = short[:2] / max(np.linalg.norm(short[:2]), 1e-9)
+    yaw = float(np.arctan2(-direction[0], direction[1]))
+    corners = _box_corners(lo, hi) @ axes.T + origin
+    bottom, top = corners[:, 2].min(), corners[:, 2].max()
+    grip_z = max(bottom + 0.015, top - 0.035)
+    centre = corners.mean(axis=0)
+    return GraspSpec(
+        side_offset=0.0,
+        height=float(grip_z - origin[2]),
+        yaw=yaw,
+        centre_offset=(float(centre[0] - origin[0]), float(centre[1] - origin[1])),
+    )
+
+
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    signs = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
+    return lo + signs * (hi - lo)
+
+
+def _body_frame_extent(env: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axis-aligned box (lo, hi) of the object's collision geoms in its body frame, and the body's rotation."""
+    model, data = env.sim.model, env.sim.data
+    body = env.obj_body_id[name]
+    origin, rot = np.array(data.body_xpos[body]), np.array(data.body_xmat[body]).reshape(3, 3)
+    aabb = np.asarray(
+        getattr(model, "geom_aabb", None) if hasattr(model, "geom_aabb") else model._model.geom_aabb
+    )
+    points = []
+    for g in _collision_geoms(env, name) or [g for g in range(model.ngeom) if model.geom_bodyid[g] == body]:
+        centre, half = aabb[g, :3], aabb[g, 3:]
+        local = _box_corners(centre - half, centre + half)
+        world = local @ np.array(data.geom_xmat[g]).reshape(3, 3).T + data.geom_xpos[g]
+        points.append((world - origin) @ rot)
+    pts = np.concatenate(points) if points else np.zeros((1, 3))
+    return pts.min(axis=0), pts.max(axis=0), rot
 
 
 def _collision_geoms(env: Any, name: str) -> list[int]:
@@ -57,16 +101,6 @@ def _rim_radius(env: Any, name: str) -> float:
     if not geoms:
         return 0.0
     return float(max(np.linalg.norm(data.geom_xpos[g][:2] - origin[:2]) for g in geoms))
-
-
-def _top_height(env: Any, name: str) -> float:
-    """Height of the highest collision-geom point above the body origin (bounding radius bound)."""
-    model, data = env.sim.model, env.sim.data
-    origin = data.body_xpos[env.obj_body_id[name]]
-    geoms = _collision_geoms(env, name)
-    if not geoms:
-        return 0.05
-    return float(max(data.geom_xpos[g][2] + model.geom_rbound[g] * 0.5 - origin[2] for g in geoms))
 
 
 def _axis_angle_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -179,7 +213,7 @@ class PickPlaceExpert:
         robot's base and within reach).
         """
         if spec.side_offset <= 0:
-            return 0.0, 0.0, 0.0
+            return 0.0, 0.0, spec.yaw
         candidates = [(0.0, 1.0, 0.0), (0.0, -1.0, 0.0), (-1.0, 0.0, np.pi / 2)]
         scores = []
         for dx, dy, _yaw in candidates:
@@ -243,7 +277,13 @@ class PickPlaceExpert:
             self._start(env, pos, ori, obj)
             self._next("approach")
         g = self._grasp
-        offset = np.array([self._dir[0] * g.side_offset, self._dir[1] * g.side_offset, g.height])
+        offset = np.array(
+            [
+                self._dir[0] * g.side_offset + g.centre_offset[0],
+                self._dir[1] * g.side_offset + g.centre_offset[1],
+                g.height,
+            ]
+        )
         grasp_point = obj + offset
         if self.phase == "approach":
             safe_z = max(grasp_point[2] + 0.10, min(pos[2], grasp_point[2] + 0.25))

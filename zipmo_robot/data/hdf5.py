@@ -184,6 +184,8 @@ def _read_demo(f: Any, path: Path, name: str, load_images: bool, require_images:
                 except (OSError, ValueError) as exc:
                     raise DemoFileError(path, f"unreadable dataset ({exc})", name, f"obs/{key}") from exc
     attrs = {k: grp.attrs[k] for k in grp.attrs}
+    if "robot_states" in grp:
+        attrs["_robot_states"] = grp["robot_states"][()]
     return Demo(name, actions, arrays["states"], arrays["rewards"], arrays["dones"], obs, attrs)
 
 
@@ -303,13 +305,17 @@ class DemoWriter:
                     )
                 else:
                     obs.create_dataset(key, data=np.asarray(value, dtype=np.float64))
-            if all(k in demo.obs for k in ("gripper_states", "ee_pos")) and "robot_states" not in demo.attrs:
-                quat = demo.attrs.get("_ee_quat")
-                if quat is not None:
-                    grp.create_dataset(
-                        "robot_states",
-                        data=np.concatenate([demo.obs["gripper_states"], demo.obs["ee_pos"], quat], 1),
-                    )
+        # robot_states (T, 9) = gripper qpos, eef pos, eef quat (xyzw), as LIBERO's create_dataset stores it.
+        robot_states = demo.attrs.get("_robot_states")
+        quat = demo.attrs.get("_ee_quat")
+        if (
+            robot_states is None
+            and quat is not None
+            and all(k in demo.obs for k in ("gripper_states", "ee_pos"))
+        ):
+            robot_states = np.concatenate([demo.obs["gripper_states"], demo.obs["ee_pos"], quat], 1)
+        if robot_states is not None:
+            grp.create_dataset("robot_states", data=np.asarray(robot_states, dtype=np.float64))
         grp.attrs["num_samples"] = demo.length
         for key, value in demo.attrs.items():
             if not key.startswith("_"):
@@ -326,6 +332,7 @@ class DemoWriter:
             data.attrs["total"] = self.total
             self._file.close()
             if exc_type is None:
+                os.chmod(self._tmp, 0o644)  # mkstemp creates 0600; data files are shared
                 os.replace(self._tmp, self.path)
         finally:
             if self._tmp and os.path.exists(self._tmp):

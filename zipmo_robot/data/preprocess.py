@@ -162,6 +162,7 @@ def _write(dst: Path, job: Job, demo: Any, views: dict) -> None:
             f.attrs["source"] = job.src
             f.attrs["demo"] = job.demo
             f.attrs["settings"] = job.settings.key()
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are shared
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
