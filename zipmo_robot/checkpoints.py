@@ -99,12 +99,23 @@ def _remap(kind: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def dino_copies_identical(sd: dict[str, torch.Tensor], prefix: str = "") -> bool:
     """True when the planner's DINO (`<prefix>img_embedder.model.*`) and its VAE's copy
-    (`<prefix>vae.img_embedder.model.*`) have the same keys, shapes, dtypes and values."""
+    (`<prefix>vae.img_embedder.model.*`) have the same keys, shapes, dtypes and values (meta tensors,
+    whose values are unknown, never count as identical)."""
     a = {k[len(prefix + _DINO) :]: v for k, v in sd.items() if k.startswith(prefix + _DINO)}
     b = {k[len(prefix + _VAE_DINO) :]: v for k, v in sd.items() if k.startswith(prefix + _VAE_DINO)}
     if not a or a.keys() != b.keys():
         return False
-    return all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    return all(_same_tensor(a[k], b[k]) for k in a)
+
+
+def _same_tensor(x: torch.Tensor, y: torch.Tensor) -> bool:
+    if x is y:
+        return True
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    if x.is_meta or y.is_meta:
+        return False  # values unknown (shape-only state dicts): keep both copies
+    return torch.equal(x, y.to(x.device))
 
 
 def convert_official_state_dict(kind: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
