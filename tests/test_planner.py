@@ -294,3 +294,24 @@ def test_infer_config_recovers_fixture_sizes():
         cfg = checkpoints.infer_config(kind, P.weights(kind), dino_num_heads=dino_heads)
         model = checkpoints.build_model(kind, cfg)
         checkpoints.load_strict(model, checkpoints.convert_official_state_dict(kind, P.weights(kind)))
+
+
+def test_converter_policy_head_and_meta_state_dicts():
+    """Inside a policy-head file the planner sits under `track_predictor.`: identical DINO copies are folded
+    there too; shape-only (meta) state dicts keep both copies (values unknown)."""
+    kind = next((k for k in checkpoints.POLICY_KINDS if k in P.kinds()), None)
+    if kind is None:
+        pytest.skip("the fixture set has no policy-head kind")
+    sd = P.weights(kind)
+    prefix = "track_predictor.img_embedder.model."
+    same = dict(sd)
+    for k in [k for k in sd if k.startswith(prefix)]:
+        same["track_predictor.vae." + k[len("track_predictor.") :]] = sd[k].clone()
+    converted = checkpoints.convert_official_state_dict(kind, same)
+    assert checkpoints.shares_vae_dino(kind, converted)
+    assert not any(k.startswith("track_predictor.vae.img_embedder.") for k in converted)
+    assert {k for k in converted if not k.startswith("track_predictor.")} == {
+        k for k in sd if not k.startswith("track_predictor.")
+    }
+    meta = {k: torch.empty(v.shape, device="meta") for k, v in same.items()}
+    assert checkpoints.convert_official_state_dict(kind, meta).keys() == meta.keys()
