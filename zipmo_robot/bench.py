@@ -440,6 +440,17 @@ def format_planner(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _agent_bench(name: str) -> Callable[..., Any]:
+    """Lazy forwarder to `zipmo_robot.policy.benchmark.<name>` (the agent benchmark lives with the agent)."""
+
+    def call(*args: Any) -> Any:
+        from zipmo_robot.policy import benchmark
+
+        return getattr(benchmark, name)(*args)
+
+    return call
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Registry: name -> sub-benchmark (explicit; add an entry per sub-benchmark)
 
@@ -449,5 +460,12 @@ SUB_BENCHMARKS: dict[str, SubBenchmark] = {
         add_arguments=_planner_arguments,
         run=run_planner,
         format=format_planner,
+    ),
+    "agent": SubBenchmark(
+        help="ZipMo agent (planner replan + head) with random weights: ms per control step by stage, sizes, "
+        "batch 1/10, projected hours per suite",
+        add_arguments=_agent_bench("agent_arguments"),
+        run=_agent_bench("run_agent"),
+        format=_agent_bench("format_agent"),
     ),
 }
