@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -106,6 +106,11 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _same_env(a: EnvConfig, b: EnvConfig) -> bool:
+    """Whether two configs build the same env (they may differ in `max_steps`, which only the loop reads)."""
+    return replace(a, max_steps=1) == replace(b, max_steps=1)
+
+
 def _fire(fault: dict | None, step: int) -> None:
     """Carry out an injected fault if it is due at `step`."""
     if fault is None or fault["at_step"] != step:
@@ -140,8 +145,11 @@ def _worker(index: int, pipe: Connection, parent_pipe: Connection, assets: str |
                     cfg, init_state_id, seed, fault = data
                     t0 = time.perf_counter()
                     if env is not None and cfg != env_cfg:
-                        env.close()
-                        env = None
+                        if _same_env(cfg, env_cfg):  # only the step cap differs: keep the built env
+                            env.cfg = env_cfg = cfg
+                        else:
+                            env.close()
+                            env = None
                     rebuilt = env is None
                     if env is None:
                         from zipmo_robot.envs.libero import LiberoEnv
@@ -206,6 +214,7 @@ class _Active:
     reward: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
     t_first_step: float | None = None
+    first_step_at: float | None = None  # wall clock (time.time) of the first policy step
     reset_s: float = 0.0
     env_step_s: float = 0.0
     policy_s: float = 0.0
@@ -256,6 +265,8 @@ class VectorRunner:
         step_timeout: seconds one env step may take.
         recycle_episodes: replace a worker after this many episodes (None: never).
         recycle_rss_gb: replace a worker whose resident memory exceeds this (None: never).
+        lockstep: wait for resetting slots before acting, so every active slot is in every batch (bigger
+            batches for a GPU policy; slots stall while one builds its env). Default: act on whatever is ready.
         capture_frames: keep every observation's camera images for videos.
         progress: show a tqdm bar with the running success rate and ETA.
         assets: LIBERO asset folder passed to `envs.setup.ensure_libero` in each worker.
@@ -272,6 +283,7 @@ class VectorRunner:
         step_timeout: float = 60.0,
         recycle_episodes: int | None = 100,
         recycle_rss_gb: float | None = 4.0,
+        lockstep: bool = False,
         capture_frames: bool = False,
         progress: bool = True,
         assets: str | None = None,
@@ -293,6 +305,7 @@ class VectorRunner:
         self.recycle_episodes = recycle_episodes
         self.recycle_rss = None if recycle_rss_gb is None else recycle_rss_gb * 2**30
         self.capture_frames = capture_frames
+        self.lockstep = lockstep
         self.progress = progress
         self.assets = assets
         self.cameras_for_video = cameras_for_video
@@ -449,7 +462,7 @@ class VectorRunner:
             if not pending:
                 return
             can_act = bool(self._slots(SlotState.READY))
-            if not stepping and can_act:
+            if not stepping and can_act and not self.lockstep:
                 timeout = 0.0
             else:
                 timeout = max(0.0, min(self._deadlines[s] for s in pending) - time.monotonic())
@@ -477,7 +490,8 @@ class VectorRunner:
             if timeout == 0.0 and not got:
                 return
             if not self._slots(SlotState.WAITING_STEP) and self._slots(SlotState.READY):
-                return
+                if not (self.lockstep and self._slots(SlotState.WAITING_RESET)):
+                    return
 
     # 3. one batched policy call over the slots that have an observation.
     def _act(self) -> None:
@@ -504,6 +518,7 @@ class VectorRunner:
             a.policy_s += dt / len(ready)
             if a.t_first_step is None:
                 a.t_first_step = t0
+                a.first_step_at = time.time()
             try:
                 self._send(s, "step", actions[i], SlotState.WAITING_STEP, self.step_timeout)
             except (OSError, BrokenPipeError) as exc:
@@ -615,6 +630,8 @@ class VectorRunner:
                 "policy_s": a.policy_s,
                 "stepping_wall_s": (now - a.t_first_step) if a.t_first_step is not None else 0.0,
                 "env_rebuilt": a.rebuilt,
+                "first_step_at": a.first_step_at,
+                "end_at": time.time(),
             },
             "worker": slot,
         }

@@ -182,6 +182,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 "env_step_s": 0.0,
                 "policy_s": 0.0,
                 "env_steps": 0,
+                "policy_stage_s": {},  # summed `policy_info.timing` of the policy's records, if any
             },
         )
         if r.get("task_language"):
@@ -193,6 +194,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         t["env_step_s"] += float(timing.get("env_step_s", 0.0))
         t["policy_s"] += float(timing.get("policy_s", 0.0))
         t["env_steps"] += int(r.get("steps", 0))
+        stages = (r.get("policy_info") or {}).get("timing") or {}
+        for stage, seconds in stages.items():
+            if isinstance(seconds, int | float):
+                t["policy_stage_s"][stage] = t["policy_stage_s"].get(stage, 0.0) + float(seconds)
     tasks = []
     for key in sorted(per_task):
         t = per_task.pop(key)
@@ -205,6 +210,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     rates = [t["success_rate"] for t in tasks if t["success_rate"] is not None]
     env_steps = sum(t["env_steps"] for t in tasks)
     env_s = sum(t["env_step_s"] for t in tasks)
+    stage_totals: dict[str, float] = {}
+    for t in tasks:
+        for stage, seconds in t["policy_stage_s"].items():
+            stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
     overall = {
         **tot,
         "episodes": sum(tot.values()),
@@ -214,6 +223,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "env_step_s": env_s,
         "policy_s": sum(t["policy_s"] for t in tasks),
         "env_steps_per_s": env_steps / env_s if env_s > 0 else None,
+        "policy_stage_s": stage_totals,
     }
     return {"tasks": tasks, "overall": overall}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,7 @@ def _record(task: int, ep: int, status: str, h: str = "h1") -> dict:
         "steps": 3,
         "settings_hash": h,
         "timing": {"env_step_s": 1.0, "policy_s": 0.1},
+        "policy_info": {"timing": {"planner": 0.25, "head": 0.5}},
     }
 
 
@@ -187,6 +189,8 @@ def test_summary_counts_errors_apart(tmp_path: Path) -> None:
     assert s["overall"]["success_rate"] == 0.75  # mean over tasks
     assert s["overall"]["pooled_success_rate"] == pytest.approx(2 / 3)
     assert s["overall"]["error"] == 1
+    assert s["overall"]["policy_stage_s"] == {"planner": 1.0, "head": 2.0}
+    assert t0["policy_stage_s"] == {"planner": 0.75, "head": 1.5}
     path = reports.write_summary(
         tmp_path, records, {"suite": "libero_spatial"}, settings_hash="h1", complete=True
     )
@@ -230,30 +234,46 @@ def test_real_worker_faults_do_not_end_the_run() -> None:
     ]
     policy = RecordingPolicy()
     seen: list[dict] = []
-    with VectorRunner(policy, num_envs=2, retries=1, step_timeout=20.0, progress=False) as runner:
+    runner = VectorRunner(policy, num_envs=2, retries=1, step_timeout=30.0, lockstep=True, progress=False)
+    with runner:
         results = runner.run(episodes, on_result=lambda r: seen.append(r.record))
     assert len(results) == len(seen) == 4
     by_key = {(r.record["task_id"], r.record["episode_index"]): r.record for r in results}
     raised, died, hung, normal = by_key[(0, 0)], by_key[(1, 0)], by_key[(0, 1)], by_key[(1, 1)]
 
-    assert raised["status"] == "failure" and raised["attempts"] == 2 and raised["steps"] == 4
+    assert raised["status"] == "failure" and raised["attempts"] == 2 and raised["steps"] == 4, raised
     assert raised["errors"][0]["type"] == "RuntimeError"
     assert "injected fault at step 2" in raised["errors"][0]["traceback"]
     assert raised["errors"][0]["init_state_id"] == 0 and raised["errors"][0]["task_id"] == 0
 
-    assert died["status"] == "error" and not died["success"] and died["attempts"] == 2
+    assert died["status"] == "error" and not died["success"] and died["attempts"] == 2, died
     assert [e["type"] for e in died["errors"]] == ["WorkerDied", "WorkerDied"]
     assert "exit code 17" in died["errors"][0]["message"]
 
-    assert hung["status"] == "failure" and hung["attempts"] == 2
+    assert hung["status"] == "failure" and hung["attempts"] == 2, hung
     assert hung["errors"][0]["type"] == "Timeout"
 
-    assert normal["status"] == "failure" and normal["attempts"] == 1 and normal["errors"] == []
+    assert normal["status"] == "failure" and normal["attempts"] == 1 and normal["errors"] == [], normal
     assert normal["task_language"] and normal["timing"]["env_step_s"] > 0
     # each failure restarted a worker: 2 initial + raise + 2 exits + hang
     assert runner.n_worker_starts >= 5
-    # rows of two tasks shared a batch; per-row steps count from 0
-    assert any({r.task_id for r in batch} == {0, 1} for batch in policy.batches)
+    # lockstep: the first batch holds both slots, i.e. rows of two tasks
+    assert {r.task_id for r in policy.batches[0]} == {0, 1}, policy.batches[0]
+    # per-row steps count from 0
     assert all(shape[1:] == (128, 128, 3) for shape in policy.shapes)
     steps_of_normal = [r.step for b in policy.batches for r in b if (r.task_id, r.episode_index) == (1, 1)]
     assert steps_of_normal == [0, 1, 2, 3]
+
+
+@pytest.mark.libero
+def test_env_is_reused_across_episodes_and_workers_are_recycled() -> None:
+    """Same EnvConfig: the worker keeps its env (soft reset); a new step cap alone keeps it too; after
+    `recycle_episodes` episodes a fresh worker builds a fresh env."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    cfg = EnvConfig(suite="libero_object", task_id=0, max_steps=2)
+    episodes = [Episode(cfg, 0, 0, 0), Episode(replace(cfg, max_steps=3), 1, 1, 1), Episode(cfg, 2, 2, 2)]
+    with VectorRunner(RandomPolicy(), num_envs=1, recycle_episodes=2, progress=False) as runner:
+        results = runner.run(episodes)
+    assert [r.record["timing"]["env_rebuilt"] for r in results] == [True, False, True]
+    assert [r.record["steps"] for r in results] == [2, 3, 2]
+    assert runner.n_worker_starts == 2

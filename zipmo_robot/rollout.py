@@ -207,6 +207,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
                 step_timeout=float(r["step_timeout"]),
                 recycle_episodes=r["recycle_episodes"],
                 recycle_rss_gb=r["recycle_rss_gb"],
+                lockstep=bool(r.get("lockstep", False)),
                 capture_frames=bool(c["video"]),
                 progress=bool(r["progress"]),
                 assets=c["assets"],

@@ -116,7 +116,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     options = {k: v for k, v in cfg.policy_options.items()}
     options.update(suite=cfg.suite, tasks=list(cfg.tasks), seed=cfg.seed, image_size=cfg.image_size)
     policy = make_policy(cfg.policy, options)
-    summary = run_rollout(cfg, policy)
+    try:
+        summary = run_rollout(cfg, policy)
+    finally:
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
     print_table(summary)
     print(f"results in {summary['output_dir']}")
     return 0

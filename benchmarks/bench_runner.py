@@ -1,0 +1,125 @@
+"""Rendered env steps/s: a raw `LiberoEnv` loop vs the vector runner, with 1 and 2 processes, at 128² and 256².
+
+Every env lives in its own spawned process (never more than 2 at once), stepping the dummy action after a
+warm-up; the runner uses `ZeroPolicy` (the policy costs ~nothing, so the difference is the runner's overhead:
+pipes, pickling, batching, bookkeeping). Usage:
+
+    MUJOCO_GL=egl python benchmarks/bench_runner.py [--steps 100] [--sizes 128 256] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from typing import Any
+
+from zipmo_robot.envs.config import DUMMY_ACTION, EnvConfig
+
+
+def _raw_loop(cfg: EnvConfig, warmup: int, steps: int, barrier: Any, out: Any) -> None:
+    """One process: build, reset, warm up, wait for the others, then time `steps` env steps."""
+    import numpy as np
+    from zipmo_robot.envs.libero import LiberoEnv
+
+    env = LiberoEnv(cfg)
+    try:
+        env.reset(seed=0, options={"init_state_id": 0})
+        action = np.asarray(DUMMY_ACTION, dtype=np.float32)
+        for _ in range(warmup):
+            env.step(action)
+        barrier.wait()
+        start = time.time()
+        for _ in range(steps):
+            env.step(action)
+        out.put((start, time.time()))
+    finally:
+        env.close()
+
+
+def raw_steps_per_s(cfg: EnvConfig, n_proc: int, warmup: int, steps: int) -> float:
+    """Total env steps/s of `n_proc` raw env processes stepping at the same time."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(n_proc), ctx.Queue()
+    procs = [
+        ctx.Process(target=_raw_loop, args=(cfg, warmup, steps + warmup, barrier, out)) for _ in range(n_proc)
+    ]
+    for p in procs:
+        p.start()
+    spans = [out.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join()
+    return n_proc * (steps + warmup) / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+
+def runner_steps_per_s(cfg: EnvConfig, n_workers: int, warmup: int, steps: int) -> float:
+    """Total env steps/s through `VectorRunner` with `n_workers`, one episode per worker, after a warm-up
+    episode per worker (env construction and first reset are not timed)."""
+    from dataclasses import replace
+
+    from zipmo_robot.envs.runner import Episode, VectorRunner
+    from zipmo_robot.policy.base import ZeroPolicy
+
+    n = steps + warmup
+    with VectorRunner(ZeroPolicy(), n_workers, progress=False) as runner:
+        warm = [Episode(replace(cfg, max_steps=warmup), i, 0, i) for i in range(n_workers)]
+        runner.run(warm)
+        results = runner.run([Episode(replace(cfg, max_steps=n), i, 0, i) for i in range(n_workers)])
+    t = [r.record["timing"] for r in results]
+    assert all(r.record["steps"] == n for r in results), [r.record["status"] for r in results]
+    return n_workers * n / (max(x["end_at"] for x in t) - min(x["first_step_at"] for x in t))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--suite", default="libero_spatial")
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        cfg = EnvConfig(suite=args.suite, task_id=args.task, image_size=size, max_steps=10_000)
+        row: dict[str, Any] = {"image_size": size}
+        for name, fn, n in (
+            ("raw_1", raw_steps_per_s, 1),
+            ("runner_1", runner_steps_per_s, 1),
+            ("raw_2", raw_steps_per_s, 2),
+            ("runner_2", runner_steps_per_s, 2),
+        ):
+            row[name] = fn(cfg, n, args.warmup, args.steps)
+            print(
+                f"{size}²  {name:<9} {row[name]:6.2f} steps/s  (load avg {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+        row["runner_overhead_pct"] = 100 * (row["raw_1"] / row["runner_1"] - 1)
+        row["runner_2_vs_1"] = row["runner_2"] / row["runner_1"]
+        row["raw_2_vs_1"] = row["raw_2"] / row["raw_1"]
+        rows.append(row)
+
+    print(f"\n{args.suite} task {args.task}, both cameras, {args.steps}+{args.warmup} steps per process, MUJOCO_GL="
+          f"{os.environ['MUJOCO_GL']}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")  # fmt: skip
+    print(
+        f"{'size':>5} {'raw 1':>7} {'runner 1':>9} {'overhead':>9} {'raw 2':>7} {'runner 2':>9} {'r2/r1':>6} {'raw2/1':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['image_size']:>5} {r['raw_1']:7.2f} {r['runner_1']:9.2f} {r['runner_overhead_pct']:8.1f}% "
+            f"{r['raw_2']:7.2f} {r['runner_2']:9.2f} {r['runner_2_vs_1']:6.2f} {r['raw_2_vs_1']:7.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
