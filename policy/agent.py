@@ -185,7 +185,12 @@ class RollingReplanner:
 
     # -- the Policy interface --------------------------------------------------------------------------
     def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
-        """Actions (B, 7) float32 for the rows of a batched observation (format of `policy/base.py`)."""
+        """Actions (B, 7) float32 for the rows of a batched observation (format of `policy/base.py`).
+
+        A row whose `RowInfo.new_episode` is set (or whose slot is new) is reset: generator seeded with
+        `RowInfo.seed`, empty ensembler, step 0, task embedding from `task_embedder` (or from an optional
+        `obs["task_embedding"]` (B, E) array, which overrides it).
+        """
         t0 = time.perf_counter()
         new = [(i, r) for i, r in enumerate(rows) if r.new_episode or r.slot not in self._rows]
         if new:
