@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections import deque
@@ -126,9 +127,11 @@ def _fire(fault: dict | None, step: int) -> None:
 def _worker(index: int, pipe: Connection, parent_pipe: Connection, assets: str | None) -> None:
     """Worker loop: `(command, data)` in, `(payload, ok)` out; the env is closed in `finally`.
 
-    Commands: "reset" (EnvConfig, init_state_id, seed, fault) -> (obs, info); "step" action (7,) ->
-    (obs, reward, success, t_step); "ping" -> rss; "close" -> None.
+    Commands: "reset" (EnvConfig, init_state_id, seed, fault) -> (obs, seconds, env_rebuilt, rss_bytes);
+    "step" action (7,) -> (obs, reward, success, step_seconds, rss_bytes); "ping" -> rss_bytes;
+    "close" -> None. Ctrl-C is left to the parent, which closes or kills its workers.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent_pipe.close()
     env = None
     env_cfg: EnvConfig | None = None

@@ -96,14 +96,24 @@ class ResultsWriter:
         self._f = open(self.path, "a")
 
     def _repair(self) -> None:
-        """Cut a torn last line (no trailing newline) so the next record starts on its own line."""
+        """Cut a torn last line (no trailing newline) so the next record starts on its own line; a complete
+        record that only lacks its newline is kept."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[keep:])
+                complete = True  # killed between the record and its newline: keep the record
+            except ValueError:
+                complete = False
             with open(self.path, "r+b") as f:
-                f.truncate(keep)
+                if complete:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(keep)
                 f.flush()
                 os.fsync(f.fileno())
 

@@ -170,6 +170,11 @@ def test_results_jsonl_ignores_and_repairs_a_torn_last_line(tmp_path: Path) -> N
     assert reports.completed_keys(path, "h1") == {("libero_spatial", 0, 0), ("libero_spatial", 0, 1)}
     assert reports.foreign_settings(path, "h1") == set()
     assert reports.foreign_settings(path, "h2") == {"h1"}
+    with open(path, "a") as f:
+        f.write(json.dumps(_record(1, 1, "success")))  # complete record, newline lost
+    with reports.ResultsWriter(path) as w:
+        w.append(_record(1, 2, "failure"))
+    assert [(r["task_id"], r["episode_index"]) for r in reports.read_results(path)][-2:] == [(1, 1), (1, 2)]
     path.write_text(path.read_text().replace('"task_id": 0, "episode_index": 1', "garbage", 1))
     with pytest.raises(ValueError, match=r"results.jsonl:2"):
         reports.read_results(path)
