@@ -15,6 +15,7 @@ Observation (one row of the batched format in `policy/base.py`):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import string
@@ -193,7 +194,10 @@ class LiberoEnv(gym.Env):
             self._raw = libero_envs.env_wrapper.ControlEnv(
                 has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, **kwargs
             )
+        # Closing must happen before robosuite's atexit `eglTerminate` (registered when the first GL context
+        # was made): an atexit hook registered now runs earlier (LIFO) than weakref's own exit hook would.
         self._finalizer = weakref.finalize(self, _close_raw, self._raw)
+        atexit.register(self._finalizer)
         self._step = 0
         self._needs_reset = True
         self._init_state_id: int | None = None
@@ -227,8 +231,9 @@ class LiberoEnv(gym.Env):
                 f"{self.cfg.task_id}: valid ids are 0..{n - 1}"
             )
         raw = self.raw
+        self._make_gl_current()
         with seeded_numpy_global_rng(layout_seed):
-            raw.reset()
+            raw.reset()  # a hard reset makes a new GL context, current at creation
         raw_obs = raw.set_init_state(self.init_states[init_state_id])
         raw_obs = settle(raw, self.settle_action, self.cfg.settle_steps, raw_obs)
         self._step = 0
@@ -260,6 +265,7 @@ class LiberoEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
+        self._make_gl_current()
         raw_obs, reward, done, _ = self.raw.step(action)
         self._step += 1
         self._last_raw_obs = raw_obs
@@ -277,6 +283,7 @@ class LiberoEnv(gym.Env):
     def close(self) -> None:
         """Release the simulator and its GL context (idempotent)."""
         self._finalizer()
+        atexit.unregister(self._finalizer)
 
     # access for the data pipeline
 
@@ -303,9 +310,18 @@ class LiberoEnv(gym.Env):
     def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
         """Set the flattened MuJoCo state (as `set_init_state` does: forward, success check, observables
         refreshed) and return the observation; the episode step counter is unchanged."""
+        self._make_gl_current()
         raw_obs = self.raw.set_init_state(np.asarray(state, dtype=np.float64))
         self._last_raw_obs = raw_obs
         return self._observation(raw_obs)
+
+    def _make_gl_current(self) -> None:
+        """Make this env's GL context current: robosuite renders into whichever context is current, so with
+        several envs in one process (or after another env was closed) frames would come from the wrong one."""
+        sim = self.raw.env.sim
+        context = getattr(sim, "_render_context_offscreen", None) if sim is not None else None
+        if context is not None:
+            context.gl_ctx.make_current()
 
     # translation
 
