@@ -114,7 +114,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             cfg.policy = DEFAULT_POLICY
     cfg = resolve_config(cfg)
     options = {k: v for k, v in cfg.policy_options.items()}
-    options.update(suite=cfg.suite, tasks=list(cfg.tasks), seed=cfg.seed, image_size=cfg.image_size)
+    options.update(
+        suite=cfg.suite,
+        tasks=list(cfg.tasks),
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        max_steps=cfg.max_steps,
+        settle_steps=cfg.protocol.settle_steps,
+        orientation=cfg.protocol.orientation,
+    )
     policy = make_policy(cfg.policy, options)
     try:
         summary = run_rollout(cfg, policy)
