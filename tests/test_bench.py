@@ -1,0 +1,119 @@
+"""The bench command and its pieces (not timed: figures are not asserted, only structure and exactness)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zipmo_robot.bench import PeakRSS, cast_matmul_weights_, dino_flops, matmul_throughput, planner_step_flops
+from zipmo_robot.model_configs import load_sizes
+
+
+def test_release_flops_per_euler_step_match_a_hand_count() -> None:
+    """LIBERO release planner, batch 1: L = 2x256 latents + 2x256 image tokens, width 1024, 24 layers."""
+    cfg = load_sizes("release").planner_config("libero_atm")
+    L, W, F = 1024, 1024, 3072
+    per_layer = (
+        2 * L * W * 4 * W  # self-attention qkv + out projections
+        + 4 * L * L * W  # scores and weighted sum
+        + 2 * L * W * 2 * W  # cross-attention q + out projections
+        + 4 * L * 1 * W  # attention over the one text token
+        + 2 * L * W * 2 * F
+        + 2 * L * F * W  # SwiGLU up (value and gate) and down
+        + 3 * 2 * 256 * W  # AdaRMSNorm scale projections
+    )
+    flops = planner_step_flops(cfg, batch=1)
+    expected_backbone = 24 * per_layer
+    backbone = sum(flops[k] for k in ("self_proj", "self_attn", "cross_proj", "cross_attn", "ffn", "adanorm"))
+    assert backbone == expected_backbone
+    assert 870e9 < flops["total"] < 880e9  # ~0.88 TFLOP per velocity evaluation
+    assert planner_step_flops(cfg, batch=10)["total"] == pytest.approx(10 * flops["total"])
+    tramoe = load_sizes("release").planner_config("libero_tramoe")
+    assert planner_step_flops(tramoe, 1)["cross_attn"] == 2 * flops["cross_attn"]  # text + step token
+    # DINO ViT-B/14 at 224 px: 2 x ~85 M block params x 261 tokens + attention + patch conv ~ 47 GFLOP/image
+    assert 45e9 < dino_flops(cfg.dino, 1) < 49e9
+
+
+def test_weight_precast_is_bit_identical_under_autocast() -> None:
+    from zipmo_robot.planner import build_planner
+
+    cfg = load_sizes("tiny").planner_config("libero_tramoe")
+    torch.manual_seed(0)
+    planner = build_planner(cfg).eval()
+    with torch.no_grad():
+        for p in planner.parameters():
+            if p.ndim >= 2:  # matrices random (zero-init layers too); norm scales, temperatures, freqs kept
+                p.normal_(0, 0.1)
+    gen = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 2, 128, 128, 3, generator=gen) * 2 - 1
+    txt, z = torch.randn(2, cfg.d_cross, generator=gen), torch.randn(2, 512, 16, generator=gen)
+    steps = torch.tensor([0, 9])
+
+    def plan() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return planner.sample(z, frames, txt_emb=txt, start_t=steps, sample_steps=2)
+
+    before = plan()
+    assert before.isfinite().all()
+    n = cast_matmul_weights_(planner, torch.bfloat16)
+    assert n == sum(
+        1
+        for m in planner.modules()
+        if isinstance(m, torch.nn.Linear)
+        for p in (m.weight, m.bias)
+        if p is not None
+    )
+    assert torch.equal(plan(), before)
+
+
+def test_matmul_throughput_report() -> None:
+    out = matmul_throughput("bf16", shapes=((64, 64, 128), (32, 32, 32)), repeats=2)
+    assert out["dtype"] == "bf16" and set(out["gflops_per_shape"]) == {"64x64x128", "32x32x32"}
+    assert out["gflops"] == max(out["gflops_per_shape"].values()) > 0
+
+
+def test_peak_rss_sees_an_allocation() -> None:
+    with PeakRSS(interval=0.001) as mem:
+        block = torch.ones(64 * 2**20)  # 256 MB, touched
+        del block
+    assert mem.peak - mem.start > 200 * 2**20
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "zipmo_robot", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_bench_planner_cli_writes_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "planner", "--size", "tiny", "--batch", "1", "--precision", "fp32", "bf16", "bf16w"]
+    args += ["--steps", "1", "--cond-repeats", "1", "--threads", "1", "--no-matmul", "--json", str(out)]
+    args += ["model.planner.depth=2"]
+    result = _cli(args)
+    assert result.returncode == 0, result.stderr
+    assert "replan(10) ms" in result.stdout and f"report written to {out}" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["settings"]["model"]["depth"] == 2 and report["settings"]["threads"] == 1
+    assert "matmul" not in report
+    by_precision = {r["precision"]: r for r in report["results"]}
+    assert set(by_precision) == {"fp32", "bf16", "bf16w"}
+    for r in by_precision.values():
+        assert r["step_ms"] > 0 and r["cond_ms"] > 0 and r["peak_rss_gb"] > 0
+        assert r["replan_ms_derived"] == pytest.approx(r["cond_ms"] + 10 * r["step_ms"], abs=1.0)
+    assert by_precision["bf16w"]["bitwise_equal_to_bf16"] is True
+    assert 0 < by_precision["bf16"]["velocity_rel_diff_vs_fp32"] < 0.1
+
+
+def test_bench_without_a_name_or_with_bad_threads_is_a_user_error() -> None:
+    result = _cli(["bench"])
+    assert result.returncode == 2 and "name a benchmark" in result.stderr and "planner" in result.stderr
+    result = _cli(["bench", "planner", "--threads", "0"])
+    assert result.returncode == 2 and "--threads must be >= 1" in result.stderr
