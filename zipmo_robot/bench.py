@@ -2,8 +2,9 @@
 
 A sub-benchmark is `SubBenchmark(help, add_arguments, run, format)`: `add_arguments(parser)` adds its flags,
 `run(args) -> dict` returns a JSON-able report (`machine`, `settings`, `results` records, plus anything else)
-and `format(report) -> str` prints it. The command adds the common flags `--threads`, `--device`, `--json`
-and passes trailing hydra overrides as `args.overrides`.
+and `format(report) -> str` prints it. The command adds the common flags `--threads`, `--device`, `--json`,
+passes trailing hydra overrides as `args.overrides` and, with `--json PATH`, sets `args.on_result(report)`,
+which a sub-benchmark calls after each record so partial results are on disk as they arrive.
 Add one by writing its functions and one line in `SUB_BENCHMARKS`. No heavy import at module level (the CLI
 imports this file to build `--help`).
 
@@ -408,6 +409,8 @@ def run_planner(args: argparse.Namespace) -> dict[str, Any]:
             record["bitwise_equal_to_bf16"] = bool(torch.equal(v, bf16))
         outputs[(batch, precision)] = v
         report["results"].append(record)
+        if getattr(args, "on_result", None) is not None:  # results written as they arrive
+            args.on_result(report)
     report["load_after"] = machine_info().get("loadavg_1_5_15")
     return report
 

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     torch.set_num_threads(args.threads)
     args.overrides = overrides
     bench = SUB_BENCHMARKS[args.bench_name]
+    if args.json and args.json != "-":  # a sub-benchmark may call this after each result (partial report)
+        args.on_result = lambda partial: atomic_write_text(args.json, json.dumps(partial, indent=2) + "\n")
     report = bench.run(args)
     text = json.dumps(report, indent=2)
     if args.json == "-":
