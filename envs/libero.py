@@ -231,7 +231,7 @@ class LiberoEnv(gym.Env):
                 f"{self.cfg.task_id}: valid ids are 0..{n - 1}"
             )
         raw = self.raw
-        self._make_gl_current()
+        self.make_gl_current()
         with seeded_numpy_global_rng(layout_seed):
             raw.reset()  # a hard reset makes a new GL context, current at creation
         raw_obs = raw.set_init_state(self.init_states[init_state_id])
@@ -265,7 +265,7 @@ class LiberoEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
-        self._make_gl_current()
+        self.make_gl_current()
         raw_obs, reward, done, _ = self.raw.step(action)
         self._step += 1
         self._last_raw_obs = raw_obs
@@ -310,14 +310,15 @@ class LiberoEnv(gym.Env):
     def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
         """Set the flattened MuJoCo state (as `set_init_state` does: forward, success check, observables
         refreshed) and return the observation; the episode step counter is unchanged."""
-        self._make_gl_current()
+        self.make_gl_current()
         raw_obs = self.raw.set_init_state(np.asarray(state, dtype=np.float64))
         self._last_raw_obs = raw_obs
         return self._observation(raw_obs)
 
-    def _make_gl_current(self) -> None:
-        """Make this env's GL context current: robosuite renders into whichever context is current, so with
-        several envs in one process (or after another env was closed) frames would come from the wrong one."""
+    def make_gl_current(self) -> None:
+        """Make this env's GL context current. robosuite renders into whichever context is current, so with
+        several envs in one process (or after another env was closed) frames would come from the wrong one;
+        reset/step/set_sim_state call this, and so must code that renders through `.raw` directly."""
         sim = self.raw.env.sim
         context = getattr(sim, "_render_context_offscreen", None) if sim is not None else None
         if context is not None:
