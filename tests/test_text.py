@@ -102,10 +102,10 @@ def test_cache_is_built_lazily_and_only_encodes_missing_languages(tmp_path: Path
 
     cache = TaskEmbeddingCache(tmp_path, model=bert_dir, encoder_factory=factory)
     langs = ["pick up the black bowl", "open the top drawer of the cabinet", "turn on the stove"]
-    first = cache.get("libero_goal", langs)
+    first = cache.get("my_tasks", langs)
     assert first.shape == (3, 32) and first.dtype == np.float32
     assert builds == [1] and calls == [sorted(langs)]  # one batch with every missing sentence
-    assert cache.path("libero_goal").is_file()
+    assert cache.path("my_tasks").is_file()
     assert not list(cache.folder.glob(".*.tmp"))  # atomic write left no temp file
 
     # a fresh cache object reads the file and never builds the encoder
@@ -113,17 +113,17 @@ def test_cache_is_built_lazily_and_only_encodes_missing_languages(tmp_path: Path
         raise AssertionError("the encoder must not be loaded when everything is cached")
 
     again = TaskEmbeddingCache(tmp_path, model=bert_dir, encoder_factory=no_encoder)
-    np.testing.assert_array_equal(again.get("libero_goal", list(reversed(langs))), first[::-1])
-    np.testing.assert_array_equal(again.get_one("libero_goal", langs[1]), first[1])
+    np.testing.assert_array_equal(again.get("my_tasks", list(reversed(langs))), first[::-1])
+    np.testing.assert_array_equal(again.get_one("my_tasks", langs[1]), first[1])
 
     # a new language encodes only itself; the old entries keep their stored values
-    cache.get("libero_goal", [langs[0], "put the cream cheese in the basket"])
+    cache.get("my_tasks", [langs[0], "put the cream cheese in the basket"])
     assert calls[-1] == ["put the cream cheese in the basket"] and builds == [1]
-    table = again.load("libero_goal")
+    table = again.load("my_tasks")
     assert sorted(table) == sorted([*langs, "put the cream cheese in the basket"])
     np.testing.assert_array_equal(table[langs[2]], first[2])
     # suites are separate files
-    assert again.load("libero_10") == {}
+    assert again.load("other_tasks") == {}
 
 
 def test_cache_values_equal_direct_encoding_and_survive_odd_keys(
@@ -131,9 +131,31 @@ def test_cache_values_equal_direct_encoding_and_survive_odd_keys(
 ) -> None:
     odd = ['say "hi", then {push} the plate / to the front?', "ünïcode tâsk"]
     cache = TaskEmbeddingCache(tmp_path, model="tiny", encoder_factory=lambda: encoder)
-    got = cache.get("libero_spatial", odd)
+    got = cache.get("odd_tasks", odd)
     np.testing.assert_allclose(got, encoder.encode(sorted(odd))[np.argsort(np.argsort(odd))], atol=1e-6)
-    assert sorted(cache.load("libero_spatial")) == sorted(odd)
+    assert sorted(cache.load("odd_tasks")) == sorted(odd)
+
+
+def test_a_libero_suite_is_encoded_in_one_batch(tmp_path: Path, encoder: TextEncoder) -> None:
+    from zipmo_robot.envs.suites import list_tasks
+
+    calls: list[list[str]] = []
+
+    class Counting:
+        def encode(self, sentences):
+            calls.append(list(sentences))
+            return encoder.encode(sentences)
+
+    cache = TaskEmbeddingCache(tmp_path, model="tiny", encoder_factory=lambda: Counting())
+    languages = [t.language for t in list_tasks("libero_goal")]
+    first = cache.get_one("libero_goal", languages[3])
+    assert calls == [sorted(languages)]  # the first miss encodes the whole suite at once
+    table = cache.build_suite("libero_goal")
+    assert list(table) == languages and len(calls) == 1
+    np.testing.assert_array_equal(table[languages[3]], first)
+    np.testing.assert_allclose(table[languages[0]], encoder.encode([languages[0]])[0], atol=1e-6)
+    with pytest.raises(UserError, match="not a LIBERO suite"):
+        cache.build_suite("my_tasks")
 
 
 def test_damaged_cache_file_names_itself(tmp_path: Path, encoder: TextEncoder) -> None:
@@ -182,7 +204,7 @@ def test_saved_cache_metadata_is_json(tmp_path: Path, encoder: TextEncoder) -> N
     from safetensors import safe_open
 
     cache = TaskEmbeddingCache(tmp_path, model="tiny", encoder_factory=lambda: encoder)
-    cache.get("libero_object", ["b task", "a task"])
-    with safe_open(str(cache.path("libero_object")), framework="np") as f:
+    cache.get("some_tasks", ["b task", "a task"])
+    with safe_open(str(cache.path("some_tasks")), framework="np") as f:
         meta = f.metadata()
     assert json.loads(meta["languages"]) == ["a task", "b task"] and meta["max_length"] == "25"

@@ -170,8 +170,9 @@ def default_embedding_dir() -> Path:
 class TaskEmbeddingCache:
     """`{task language: (dim,) float32}` per suite, in `<root>/<encoder id>/<suite>.safetensors`.
 
-    Built lazily: `get` encodes only the languages not in the file yet (all of them in one batch), loading the
-    encoder only then, and rewrites the file atomically. The file holds one `(n, dim)` tensor `embeddings`
+    Built lazily: `get` encodes only the languages not in the file yet, loading the encoder only then, and
+    rewrites the file atomically. For a LIBERO suite a first miss encodes all the suite's task languages in
+    that one batch (as the official preprocessing encodes every task at once), so later calls are hits. The file holds one `(n, dim)` tensor `embeddings`
     and the languages as JSON in its metadata, so any string is a valid key.
 
     Args:
@@ -230,7 +231,10 @@ class TaskEmbeddingCache:
         if isinstance(languages, str):
             raise TypeError("languages must be a list of task languages, got one str; wrap it in a list")
         table = self.load(suite)
-        missing = sorted({lang for lang in languages if lang not in table})
+        missing = {lang for lang in languages if lang not in table}
+        if missing:  # encode the whole LIBERO suite in the same batch, as the official preprocessing does
+            missing |= {lang for lang in suite_languages(suite) if lang not in table}
+        missing = sorted(missing)
         if missing:
             vectors = self.encoder().encode(missing)
             table.update({lang: vectors[i] for i, lang in enumerate(missing)})
@@ -239,6 +243,15 @@ class TaskEmbeddingCache:
             dim = next(iter(table.values())).shape[0] if table else 0
             return np.zeros((0, dim), np.float32)
         return np.stack([table[lang] for lang in languages]).astype(np.float32)
+
+    def build_suite(self, suite: str) -> dict[str, np.ndarray]:
+        """Encode (if needed) and return every task language of a LIBERO suite."""
+        languages = suite_languages(suite)
+        if not languages:
+            raise UserError(
+                f"{suite!r} is not a LIBERO suite this installation knows; pass the languages to get()"
+            )
+        return dict(zip(languages, self.get(suite, languages), strict=True))
 
     def get_one(self, suite: str, language: str) -> np.ndarray:
         """One task's `(dim,)` float32 embedding."""
@@ -251,6 +264,17 @@ class TaskEmbeddingCache:
         matrix = np.stack([table[lang] for lang in languages]).astype(np.float32)
         meta = {"languages": json.dumps(languages), "model": self.model, "max_length": str(self.max_length)}
         _atomic_write_bytes(self.path(suite), save({"embeddings": matrix}, metadata=meta))
+
+
+def suite_languages(suite: str) -> list[str]:
+    """Task languages of a LIBERO suite in benchmark order; empty for names that are not LIBERO suites."""
+    from zipmo_robot.envs.config import SUITES
+
+    if suite not in SUITES:
+        return []
+    from zipmo_robot.envs.suites import list_tasks
+
+    return [t.language for t in list_tasks(suite)]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
