@@ -392,3 +392,29 @@ def test_doctor_golden_worker_agrees(spatial_env):
     flipped = json.loads(json.dumps(report))
     flipped["views"]["agentview"].update(n_changed=40000, max_abs=200, mean_abs=50.0, exact=False)
     assert judge_golden(flipped).status == "fail"
+
+
+def test_gymnasium_env_checker_passes_and_global_rng_is_left_alone():
+    """gymnasium's own checker (spaces, seeding determinism, step API) on a state-only env; LIBERO's
+    reset-time sampling is seeded inside reset without changing numpy's global RNG for the caller."""
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+    from zipmo_robot.envs.libero import LiberoEnv, seeded_numpy_global_rng
+
+    env = LiberoEnv(EnvConfig(suite="libero_goal", task_id=1, render=False, settle_steps=1))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*infinity.*")  # proprio boxes are unbounded
+            check_env(env, skip_render_check=True)
+        np.random.seed(123)
+        before = np.random.get_state()[1].copy()
+        env.reset(seed=5, options={"init_state_id": 1})
+        env.step(np.zeros(7))
+        assert np.array_equal(np.random.get_state()[1], before)
+    finally:
+        env.close()
+    with seeded_numpy_global_rng(0):
+        first = np.random.random_sample()
+    assert first == np.random.RandomState(0).random_sample()
+    assert np.array_equal(np.random.get_state()[1], before)
