@@ -77,6 +77,27 @@ def test_doctor_fails_with_fixes_on_bad_assets_and_backend(tmp_path):
     assert "2 check(s) failed" in out
 
 
+def test_doctor_falls_back_from_egl_to_osmesa():
+    """EGL made unusable (no EGL vendor library): the doctor tries OSMesa next. With libosmesa6 installed it
+    renders with it; without (this image), the row fails naming both backends and the packages to install."""
+    proc = run_doctor(
+        "--json",
+        "--skip-golden",
+        MUJOCO_GL=None,
+        PYOPENGL_PLATFORM=None,
+        __EGL_VENDOR_LIBRARY_FILENAMES="/nonexistent/egl_vendor.json",
+    )
+    rows = {row["name"]: row for row in json.loads(proc.stdout)["checks"]}
+    rendering = rows["rendering"]
+    assert "egl failed" in rendering["detail"]
+    if rendering["status"] == "ok":
+        assert rendering["detail"].startswith("osmesa:") and proc.returncode == 0
+    else:
+        assert rendering["status"] == "fail" and "osmesa failed" in rendering["detail"]
+        assert "libosmesa6" in rendering["fix"] and "libegl1" in rendering["fix"]
+        assert proc.returncode == 1 and rows["golden frame"]["status"] == "skip"
+
+
 def test_doctor_help_lists_its_flags():
     proc = subprocess.run([shutil.which("zipmo-robot"), "doctor", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
