@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -178,8 +179,16 @@ def probe_backend(backend: str) -> tuple[dict[str, Any] | None, str]:
             if info["std"] <= 0:
                 return None, "rendered a blank frame"
             return info, ""
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return None, f"exit code {proc.returncode}: {tail}"
+    return None, f"exit code {proc.returncode}: {first_error_line(proc.stderr)}"
+
+
+def first_error_line(stderr: str) -> str:
+    """The first exception message in a traceback dump (later ones are usually fallout from `__del__`)."""
+    lines = stderr.strip().splitlines()
+    for line in lines:
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*:", line):
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
 
 
 def check_rendering() -> tuple[CheckResult, str | None, str]:
@@ -492,7 +501,7 @@ def check_golden(assets: str | None) -> CheckResult:
     for line in proc.stdout.splitlines():
         if line.startswith("ZIPMO_GOLDEN "):
             return judge_golden(json.loads(line[len("ZIPMO_GOLDEN ") :]))
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
+    tail = first_error_line(proc.stderr)
     return CheckResult(
         "golden frame",
         "fail",
