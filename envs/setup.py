@@ -216,7 +216,7 @@ def _link_assets(source: Path, link: Path, explicit: bool) -> Path:
             tmp.unlink()
         tmp.symlink_to(os.path.relpath(source, link.parent), target_is_directory=True)
         os.replace(tmp, link)
-    except PermissionError as exc:
+    except OSError as exc:
         raise UserError(
             f"cannot create the LIBERO assets link {link} ({exc.strerror}); make {link.parent} writable "
             f"or create it yourself: ln -s {source} {link}"
@@ -244,9 +244,14 @@ def ensure_libero(assets: str | os.PathLike | None = None) -> Path:
     libero_root = libero_package_dir()
     source, origin = resolve_assets(key)
     config_dir = libero_config_dir()
-    with _file_lock(config_dir / ".setup.lock"):
-        _write_config(config_dir, libero_root)
-        linked = _link_assets(source, libero_root / "assets", explicit=origin != "installed packages")
+    try:
+        with _file_lock(config_dir / ".setup.lock"):
+            _write_config(config_dir, libero_root)
+            linked = _link_assets(source, libero_root / "assets", explicit=origin != "installed packages")
+    except OSError as exc:
+        raise UserError(
+            f"cannot prepare LIBERO's config in {config_dir} ({exc}); set {HOME_ENV} to a writable folder"
+        ) from exc
     os.environ["LIBERO_CONFIG_PATH"] = str(config_dir)
     imported = sys.modules.get("libero.libero")
     if imported is not None and Path(imported.config_file).parent != config_dir:
