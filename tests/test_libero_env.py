@@ -274,11 +274,16 @@ def test_a_task_of_each_suite_builds_and_steps(suite, task_id, policy_size, spat
 
     spatial_env.reset(options={"init_state_id": 2})
     spatial_env.step(np.zeros(7))
-    env = LiberoEnv(EnvConfig(suite=suite, task_id=task_id, policy_image_size=policy_size, settle_steps=1))
+    cameras = ("agentview",) if suite == "libero_90" else ("agentview", "robot0_eye_in_hand")
+    cfg = EnvConfig(
+        suite=suite, task_id=task_id, policy_image_size=policy_size, settle_steps=1, cameras=cameras
+    )
+    env = LiberoEnv(cfg)
     try:
         obs, info = env.reset(seed=1, options={"init_state_id": 49})
         size = policy_size or 128
         assert obs["agentview_image"].shape == (size, size, 3)
+        assert sorted(k for k in obs if k.endswith("_image")) == [f"{c}_image" for c in sorted(cameras)]
         assert obs["task_language"] == get_task(suite, task_id).language
         for step in range(1, 3):
             action = np.random.default_rng(step).uniform(-1, 1, 7)
