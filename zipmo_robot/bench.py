@@ -83,16 +83,24 @@ def _sync(device: str) -> None:
 
 def time_call(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: int = 1) -> list[float]:
     """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
+    return timed_calls(fn, repeats, device, warmup)[0]
+
+
+def timed_calls(
+    fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: int = 1
+) -> tuple[list[float], Any]:
+    """`(seconds of each of `repeats` timed calls, result of the last call)` after `warmup` untimed calls."""
+    result = None
     for _ in range(warmup):
-        fn()
+        result = fn()
     _sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        result = fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times
+    return times, result
 
 
 def _rss_bytes() -> int:
@@ -245,6 +253,12 @@ def _planner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed Euler steps per case (default 2)")
     parser.add_argument("--cond-repeats", type=int, default=2, help="timed conditioning calls per case")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed calls before the timed conditioning calls and steps (default 1)",
+    )
+    parser.add_argument(
         "--nfe", type=int, default=10, help="Euler steps of one replan (10 in the release agent)"
     )
     parser.add_argument(
@@ -324,10 +338,11 @@ def _planner_case(
         )
 
     with PeakRSS() as mem, torch.inference_mode(), autocast:
-        cond_times = time_call(condition, args.cond_repeats, device)
-        cond = condition()
-        step_times = time_call(lambda: planner.predict_velocity(inputs["z"], t_vec, cond), args.steps, device)
-        v = planner.predict_velocity(inputs["z"], t_vec, cond).float()
+        cond_times, cond = timed_calls(condition, args.cond_repeats, device, args.warmup)
+        step_times, v = timed_calls(
+            lambda: planner.predict_velocity(inputs["z"], t_vec, cond), args.steps, device, args.warmup
+        )
+        v = v.float()
         replan_s = time_call(replan, 1, device, warmup=0)[0] if args.full_replan else None
     cond_ms = 1e3 * statistics.median(cond_times)
     step_ms = 1e3 * statistics.median(step_times)
@@ -374,6 +389,7 @@ def run_planner(args: argparse.Namespace) -> dict[str, Any]:
             "device": device,
             "threads": torch.get_num_threads(),
             "steps_timed": args.steps,
+            "warmup": args.warmup,
             "nfe": args.nfe,
             "model": {
                 "width": cfg.width,
