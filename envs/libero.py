@@ -100,26 +100,31 @@ def seeded_numpy_global_rng(seed: int) -> Iterator[None]:
         np.random.set_state(saved)
 
 
+def _without_gym_banner(text: str) -> str:
+    """Drop gym 0.26's "unmaintained" notice (printed on `import gym`, which LIBERO's venv module does)."""
+    try:
+        import gym
+        import gym_notices.notices as notices
+
+        banner = notices.notices.get(gym.__version__)
+    except Exception:  # noqa: BLE001 - gym/gym_notices absent or changed: keep the text as it is
+        return text
+    return text.replace(banner + "\n", "").replace(banner, "") if banner else text
+
+
 def import_libero_envs(assets: str | None = None) -> Any:
     """Prepare LIBERO (`ensure_libero`) and import `libero.libero.envs`, hiding gym 0.26's import banner."""
     ensure_libero(assets)
     if "libero.libero.envs" in sys.modules:
         return sys.modules["libero.libero.envs"]
     captured = io.StringIO()
-    with contextlib.redirect_stderr(captured):
-        import libero.libero.envs as libero_envs
-    text = captured.getvalue()
     try:
-        import gym
-        import gym_notices.notices as notices
-
-        banner = notices.notices.get(gym.__version__)
-        if banner:
-            text = text.replace(banner + "\n", "").replace(banner, "")
-    except Exception:  # noqa: BLE001 - gym_notices is optional; keep the text as it is
-        pass
-    if text.strip():
-        sys.stderr.write(text)
+        with contextlib.redirect_stderr(captured):
+            import libero.libero.envs as libero_envs
+    finally:  # re-emit whatever was printed (also when the import fails), minus gym's banner
+        text = _without_gym_banner(captured.getvalue())
+        if text.strip():
+            sys.stderr.write(text)
     return libero_envs
 
 
