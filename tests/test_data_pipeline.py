@@ -72,6 +72,44 @@ def test_collect_writes_a_successful_demo_in_the_official_layout(collected):
     assert stats["successes"]["init_state"] == 1 and stats["kept"] == 1
 
 
+def test_preprocess_cli_writes_tracks_images_and_split(collected, tmp_path):
+    dst = tmp_path / "pre"
+    args = (
+        "preprocess",
+        "--src",
+        str(collected.parent),
+        "--dst",
+        str(dst),
+        "--no-text",
+        "--query-every",
+        "64",
+        "--grid",
+        "8",
+        "--random-queries",
+        "16",
+    )
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = dst / "libero_spatial" / TASK / "demo_0.hdf5"
+    from zipmo_robot.data.preprocess import load_preprocessed
+
+    data = load_preprocessed(out)
+    t = data["actions"].shape[0]
+    assert data["agentview_rgb"].shape == (t, 128, 128, 3) and data["eye_in_hand_rgb"].shape == (
+        t,
+        128,
+        128,
+        3,
+    )
+    for cam in ("agentview", "robot0_eye_in_hand"):
+        assert data["tracks"][cam].shape[0] == t and data["tracks"][cam].shape[2] == 2
+        assert data["visible"][cam].shape == data["tracks"][cam].shape[:2]
+    index = json.loads((out.parent / "task.json").read_text())
+    assert index["demos"] == ["demo_0"] and index["language"] == TASK.replace("_", " ")
+    again = _cli(*args)  # idempotent: nothing to redo
+    assert again.returncode == 0 and '"skipped": 1' in again.stdout, again.stdout + again.stderr[-2000:]
+
+
 def test_replayed_actions_reach_success_and_states_match(collected, render_env):
     from zipmo_robot.data.hdf5 import read_demo
     from zipmo_robot.data.replay import fidelity
@@ -99,7 +137,8 @@ def test_render_by_state_replay_adds_raw_images(collected, tmp_path, render_env)
     assert not np.array_equal(first, orient_image(first, "flip_vertical"))
     fid = fidelity(render_env, demo, ("agentview", "robot0_eye_in_hand"), frame_stride=25)
     assert fid.frames_compared >= 3
-    assert max(fid.mean_abs_pixel_error.values()) < 0.5
+    assert max(fid.max_abs_pixel_error.values()) == 0  # same renderer, same states: identical frames
+    assert fid.action_replay_success
 
 
 def _sim_tracks(env, states, camera, query_frames=(0,), grid=12):
@@ -131,7 +170,9 @@ def test_tracks_return_the_query_pixel_at_the_query_frame(collected, render_env)
             err_px = np.abs(view.tracks[q, sel] - view.query_yx[sel]) * 128 / 2
             assert err_px.max() < 0.5, (camera, q, err_px.max())
             assert view.visible[q, sel].mean() > 0.95
-        assert np.abs(view.tracks).max() < 50  # projected, finite
+        assert np.isfinite(view.tracks).all()
+        # visible points are inside the image; invisible ones may project anywhere (off-screen, behind the camera)
+        assert np.abs(view.tracks[view.visible]).max() <= 1.0
 
 
 def test_static_points_stay_and_gripper_points_follow_the_end_effector(collected, render_env):
@@ -192,41 +233,3 @@ def test_replay_policy_replays_the_demo(collected):
         assert success
     finally:
         env.close()
-
-
-def test_preprocess_cli_writes_tracks_images_and_split(collected, tmp_path):
-    dst = tmp_path / "pre"
-    args = (
-        "preprocess",
-        "--src",
-        str(collected.parent),
-        "--dst",
-        str(dst),
-        "--no-text",
-        "--query-every",
-        "64",
-        "--grid",
-        "8",
-        "--random-queries",
-        "16",
-    )
-    proc = _cli(*args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    out = dst / "libero_spatial" / TASK / "demo_0.hdf5"
-    from zipmo_robot.data.preprocess import load_preprocessed
-
-    data = load_preprocessed(out)
-    t = data["actions"].shape[0]
-    assert data["agentview_rgb"].shape == (t, 128, 128, 3) and data["eye_in_hand_rgb"].shape == (
-        t,
-        128,
-        128,
-        3,
-    )
-    for cam in ("agentview", "robot0_eye_in_hand"):
-        assert data["tracks"][cam].shape[0] == t and data["tracks"][cam].shape[2] == 2
-        assert data["visible"][cam].shape == data["tracks"][cam].shape[:2]
-    index = json.loads((out.parent / "task.json").read_text())
-    assert index["demos"] == ["demo_0"] and index["language"] == TASK.replace("_", " ")
-    again = _cli(*args)  # idempotent: nothing to redo
-    assert again.returncode == 0 and '"skipped": 1' in again.stdout, again.stdout + again.stderr[-2000:]

@@ -141,8 +141,17 @@ def _orient(buf: np.ndarray, orientation: str) -> np.ndarray:
     return buf[::-1, ::-1]
 
 
+def activate_gl(sim: Any) -> None:
+    """Make `sim`'s offscreen GL context current. robosuite's render does not, so with two rendering envs in
+    one process a render would otherwise use whichever context was created (or made current) last."""
+    ctx = getattr(sim, "_render_context_offscreen", None)
+    if ctx is not None:
+        ctx.gl_ctx.make_current()
+
+
 def render_depth(sim: Any, camera: str, size: int, orientation: str) -> tuple[np.ndarray, np.ndarray]:
     """(rgb (H, W, 3) uint8, metric depth (H, W) float32 along the viewing axis) in `orientation`."""
+    activate_gl(sim)
     rgb, depth = sim.render(width=size, height=size, camera_name=camera, depth=True)
     extent = sim.model.stat.extent
     far, near = sim.model.vis.map.zfar * extent, sim.model.vis.map.znear * extent
@@ -152,6 +161,7 @@ def render_depth(sim: Any, camera: str, size: int, orientation: str) -> tuple[np
 
 def render_bodies(sim: Any, camera: str, size: int, orientation: str) -> np.ndarray:
     """Body id under every pixel (H, W) int32 from a segmentation render (-1 where no geom)."""
+    activate_gl(sim)
     seg = sim.render(width=size, height=size, camera_name=camera, segmentation=True)
     seg = _orient(seg, orientation)
     body = np.full(seg.shape[:2], -1, dtype=np.int32)
