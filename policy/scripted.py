@@ -39,7 +39,15 @@ class ScriptedPolicy:
         self._experts.clear()
 
     def close(self) -> None:
-        """Close every shadow env."""
+        """Close every shadow env (and say so if a shadow ever lost sync with its real env)."""
+        if self.divergences:
+            import sys
+
+            print(
+                f"scripted policy: the shadow env disagreed with the observed joint positions on "
+                f"{self.divergences} steps (> {SYNC_TOLERANCE} rad); its actions were computed from the shadow",
+                file=sys.stderr,
+            )
         for env in self._shadows.values():
             env.close()
         self._shadows.clear()
