@@ -272,7 +272,8 @@ class VectorRunner:
             batches for a GPU policy; slots stall while one builds its env). Default: act on whatever is ready.
         capture_frames: keep every observation's camera images for videos.
         progress: show a tqdm bar with the running success rate and ETA.
-        assets: LIBERO asset folder passed to `envs.setup.ensure_libero` in each worker.
+        assets: LIBERO asset folder, passed to `LiberoEnv` (hence `envs.setup.ensure_libero`) in each worker.
+        cameras_for_video: cameras captured for videos (default: the episode's `EnvConfig.cameras`).
     """
 
     def __init__(
@@ -321,7 +322,7 @@ class VectorRunner:
 
     # -- worker management -------------------------------------------------------------------------------
 
-    def _worker(self, slot: int) -> _Worker:
+    def _get_worker(self, slot: int) -> _Worker:
         w = self._workers[slot]
         if w is None or not w.process.is_alive():
             if w is not None:
@@ -366,7 +367,7 @@ class VectorRunner:
     # -- the run loop -------------------------------------------------------------------------------------
 
     def _send(self, slot: int, command: str, data: Any, state: SlotState, timeout: float) -> None:
-        w = self._worker(slot)
+        w = self._get_worker(slot)
         self._states[slot] = state
         self._deadlines[slot] = time.monotonic() + timeout
         w.pipe.send((command, data))
