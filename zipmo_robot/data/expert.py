@@ -64,6 +64,14 @@ def _top_grasp(env: Any, name: str) -> GraspSpec:
     )
 
 
+def _world_z_range(env: Any, name: str) -> tuple[float, float]:
+    """Lowest and highest world z of an object's collision geoms (its bounding box corners)."""
+    lo, hi, rot = _body_frame_extent(env, name)
+    origin = np.array(env.sim.data.body_xpos[env.obj_body_id[name]])
+    z = (_box_corners(lo, hi) @ rot.T + origin)[:, 2]
+    return float(z.min()), float(z.max())
+
+
 def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     signs = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
     return lo + signs * (hi - lo)
@@ -304,10 +312,20 @@ class PickPlaceExpert:
         if self.phase == "close":
             if self.phase_steps > 12:
                 self._hold_offset = pos - obj
-                self._targets["lift_z"] = max(pos[2] + 0.12, self._pos(env, self.dest)[2] + 0.25)
+                # Carry high enough that the held object's bottom clears the destination's top by 6 cm
+                # (a tall bottle would otherwise drag a basket along).
+                obj_bottom = _world_z_range(env, self.obj)[0]
+                dest_top = _world_z_range(env, self.dest)[1]
+                self._targets["lift_z"] = max(
+                    pos[2] + 0.12,
+                    self._pos(env, self.dest)[2] + 0.25,
+                    dest_top + (pos[2] - obj_bottom) + 0.06,
+                )
+                self._targets["dest"] = self._pos(env, self.dest)
                 self._next("lift")
             return self._move(pos, ori, pos, 0.5, 1.0)
-        dest = self._pos(env, self.dest)
+        # The destination where it was when the object was grasped: never chase a destination that moves.
+        dest = self._targets["dest"]
         if self.phase == "lift":
             target = np.array([pos[0], pos[1], self._targets["lift_z"]])
             if abs(target[2] - pos[2]) < 0.02 or self.phase_steps > 60:

@@ -57,3 +57,56 @@ def pick_tracks(visible_at_start: np.ndarray, n_tracks: int, rng: np.random.Gene
 def action_chunk(actions: np.ndarray, start: int, horizon: int = ACTION_HORIZON) -> np.ndarray:
     """Actions start .. start + horizon - 1 (T, 7) -> (horizon, 7), the last action repeated past the end."""
     return actions[frame_indices(start, actions.shape[0], horizon)]
+
+
+class WindowDataset:
+    """Training samples cut at load time from preprocessed demo files (`zipmo-robot preprocess` output).
+
+    Sample i is (demo, start frame); `get(i, rng)` returns numpy arrays:
+    "start_frames" (V, H, W, 3) uint8 at `start`; "tracks" (V, n_tracks, 64, 2) yx in [-1, 1] (16 future
+    frames interpolated to 64 samples) of tracks visible at `start`; "actions" (16, 7);
+    "joint_states" (7,), "gripper_states" (2,) at `start`; "start_t" (); "task_emb" (768,) when stored.
+    Starts whose views lack `n_tracks` visible tracks are left out.
+
+    Args:
+        files: preprocessed demo files (e.g. the `train` demos of each task's `task.json`).
+        cameras: view order (view 0 = agentview).
+        n_tracks: tracks per view and sample (80 = the VAE's 40 encoded + 40 held out).
+    """
+
+    def __init__(
+        self, files: list, cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand"), n_tracks: int = 80
+    ):
+        from zipmo_robot.data.preprocess import load_preprocessed
+
+        self.cameras, self.n_tracks = cameras, n_tracks
+        self.demos = [load_preprocessed(f) for f in files]
+        self.index: list[tuple[int, int]] = []
+        for d, demo in enumerate(self.demos):
+            for start in range(demo["actions"].shape[0]):
+                if all(demo["visible"][c][start].sum() >= n_tracks for c in cameras):
+                    self.index.append((d, start))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        d, start = self.index[i]
+        demo = self.demos[d]
+        keys = {"agentview": "agentview_rgb", "robot0_eye_in_hand": "eye_in_hand_rgb"}
+        tracks = []
+        for cam in self.cameras:
+            window, vis = track_window(demo["tracks"][cam], demo["visible"][cam], start)
+            picked = pick_tracks(vis, self.n_tracks, rng)
+            tracks.append(window[picked])
+        sample = {
+            "start_frames": np.stack([demo[keys[c]][start] for c in self.cameras]),
+            "tracks": np.stack(tracks).astype(np.float32),
+            "actions": action_chunk(demo["actions"], start),
+            "joint_states": demo["joint_states"][start],
+            "gripper_states": demo["gripper_states"][start],
+            "start_t": np.array(start, dtype=np.int64),
+        }
+        if "task_emb" in demo:
+            sample["task_emb"] = demo["task_emb"]
+        return sample
