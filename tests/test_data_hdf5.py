@@ -6,7 +6,15 @@ import h5py
 import numpy as np
 import pytest
 
-from zipmo_robot.data.hdf5 import Demo, DemoFileError, DemoWriter, iter_demos, read_info, scan_files, validate_file
+from zipmo_robot.data.hdf5 import (
+    Demo,
+    DemoFileError,
+    DemoWriter,
+    iter_demos,
+    read_info,
+    scan_files,
+    validate_file,
+)
 from zipmo_robot.data.splits import split_demos
 from zipmo_robot.data.windows import action_chunk, interpolate_time, pick_tracks, track_window
 
@@ -24,8 +32,15 @@ def _demo(t: int, rng: np.random.Generator, images: bool = True) -> Demo:
         obs["eye_in_hand_rgb"] = rng.integers(0, 255, (t, 8, 8, 3), dtype=np.uint8)
     rewards = np.zeros(t, np.uint8)
     rewards[-1] = 1
-    return Demo("", rng.uniform(-1, 1, (t, 7)), rng.normal(size=(t, 20)), rewards, rewards.copy(), obs,
-                {"init_state_id": 3})
+    return Demo(
+        "",
+        rng.uniform(-1, 1, (t, 7)),
+        rng.normal(size=(t, 20)),
+        rewards,
+        rewards.copy(),
+        obs,
+        {"init_state_id": 3},
+    )
 
 
 def _write(path, demos):
@@ -128,7 +143,9 @@ def test_atm_split_and_bc_subset():
 def test_windows_interpolate_16_frames_to_64_samples():
     t, n = 40, 5
     frames = np.arange(t, dtype=np.float32)
-    tracks = np.stack([np.broadcast_to(frames[:, None], (t, n)), -np.broadcast_to(frames[:, None], (t, n))], -1)
+    tracks = np.stack(
+        [np.broadcast_to(frames[:, None], (t, n)), -np.broadcast_to(frames[:, None], (t, n))], -1
+    )
     visible = np.ones((t, n), bool)
     visible[10, 2] = False
     window, vis = track_window(tracks, visible, start=10)

@@ -37,3 +37,28 @@ def test_replay_policy_needs_a_demo_file(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "--demo FILE" in proc.stderr
+
+
+def test_fresh_placement_episode_starts_elsewhere_and_is_reproducible():
+    import numpy as np
+    from zipmo_robot.envs.config import EnvConfig
+    from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.suites import load_init_states
+
+    from zipmo_robot.data.collect import run_expert_episode
+
+    env = LiberoEnv(EnvConfig(suite="libero_spatial", task_id=0, render=False))
+    try:
+        first = run_expert_episode(env, "placement", 0, seed=123, max_steps=600)
+        again = run_expert_episode(env, "placement", 0, seed=123, max_steps=600)
+        other = run_expert_episode(env, "placement", 1, seed=124, max_steps=600, keep=False)
+        nq = env.raw.env.sim.model.nq
+    finally:
+        env.close()
+    assert first.success and first.demo is not None and first.demo.attrs["source"] == "placement"
+    assert first.demo.attrs["init_state_id"] == -1
+    np.testing.assert_array_equal(first.demo.states[0], again.demo.states[0])  # same seed, same placement
+    fixed = load_init_states("libero_spatial", 0)[:, 1 : 1 + nq]
+    start = first.demo.states[0][1 : 1 + nq]
+    assert np.abs(fixed - start).max(axis=1).min() > 1e-3  # not one of LIBERO's 50 fixed init states
+    assert other.steps > 0
