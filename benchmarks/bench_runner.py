@@ -76,6 +76,29 @@ def runner_steps_per_s(cfg: EnvConfig, n_workers: int, warmup: int, steps: int) 
     return rate, internal
 
 
+def paired_steps_per_s(cfg: EnvConfig, warmup: int, steps: int) -> tuple[float, float]:
+    """A raw env process and a 1-worker runner stepping at the same time (so both see the same machine load):
+    (raw steps/s, runner steps/s). Both warm up first, then start their timed steps together."""
+    from dataclasses import replace
+
+    from zipmo_robot.envs.runner import Episode, VectorRunner
+    from zipmo_robot.policy.base import ZeroPolicy
+
+    n = steps + warmup
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    raw = ctx.Process(target=_raw_loop, args=(cfg, warmup, n, barrier, out))
+    raw.start()
+    with VectorRunner(ZeroPolicy(), 1, progress=False) as runner:
+        runner.run([Episode(replace(cfg, max_steps=warmup), 0, 0, 0)])
+        barrier.wait(timeout=900)
+        (result,) = runner.run([Episode(replace(cfg, max_steps=n), 0, 0, 0)])
+    start, end = out.get(timeout=900)
+    raw.join()
+    t = result.record["timing"]
+    return n / (end - start), n / (t["end_at"] - t["first_step_at"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,6 +128,9 @@ def main() -> None:
             row[name] = value
             row[f"{name}_load_avg"] = os.getloadavg()[0]
             print(f"{size}²  {name:<9} {value:6.2f} steps/s  (load avg {os.getloadavg()[0]:.1f})", flush=True)
+        row["paired_raw"], row["paired_runner"] = paired_steps_per_s(cfg, args.warmup, args.steps)
+        row["paired_overhead_pct"] = 100 * (row["paired_raw"] / row["paired_runner"] - 1)
+        print(f"{size}²  paired    raw {row['paired_raw']:.2f} / runner {row['paired_runner']:.2f} steps/s")
         row["runner_overhead_pct"] = 100 * (row["raw_1"] / row["runner_1"] - 1)
         row["runner_2_vs_1"] = row["runner_2"] / row["runner_1"]
         row["raw_2_vs_1"] = row["raw_2"] / row["raw_1"]
@@ -116,17 +142,18 @@ def main() -> None:
         end="",
     )
     print(f"MUJOCO_GL={os.environ['MUJOCO_GL']}, {machine}")
-    print(f"{'size':>5} {'raw 1':>7} {'runner 1':>9} {'overhead':>9} {'in-run':>7} ", end="")
+    print(f"{'size':>5} {'raw 1':>7} {'runner 1':>9} {'overhead':>9} {'in-run':>7} {'paired':>7} ", end="")
     print(f"{'raw 2':>7} {'runner 2':>9} {'r2/r1':>6} {'raw2/1':>7}")
     for r in rows:
         print(
             f"{r['image_size']:>5} {r['raw_1']:7.2f} {r['runner_1']:9.2f} {r['runner_overhead_pct']:8.1f}% "
-            f"{r['runner_1_in_run_overhead_pct']:6.1f}% {r['raw_2']:7.2f} {r['runner_2']:9.2f} "
-            f"{r['runner_2_vs_1']:6.2f} {r['raw_2_vs_1']:7.2f}"
+            f"{r['runner_1_in_run_overhead_pct']:6.1f}% {r['paired_overhead_pct']:6.1f}% {r['raw_2']:7.2f} "
+            f"{r['runner_2']:9.2f} {r['runner_2_vs_1']:6.2f} {r['raw_2_vs_1']:7.2f}"
         )
     print(
-        "overhead: raw 1 / runner 1 - 1 (separate runs); in-run: runner stepping time / time in env.step - 1"
+        "overhead: raw 1 / runner 1 - 1 (separate runs); in-run: runner stepping time / time in env.step - 1;"
     )
+    print("paired: raw / runner - 1, a raw env process and a 1-worker runner stepping at the same time")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
