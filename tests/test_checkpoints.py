@@ -56,6 +56,7 @@ def _meta_models(kind: str, share: bool) -> dict[str, torch.nn.Module]:
 
     sizes = load_sizes("release")
     config = sizes.config_for(kind)
+    hub.restore_torch_device_context()  # in case another test's from_pretrained broke the device context
     with torch.device("meta"):
         if kind in HEAD_KINDS:
             from zipmo_robot.policy.head import InverseDynamicsHead
@@ -148,6 +149,7 @@ def test_small_is_about_a_quarter_of_the_release() -> None:
     assert small.planner["depth"] * 4 == release.planner["depth"]
     assert small.vae.d_model * 4 == release.vae.d_model and small.vae.enc_depth * 4 == release.vae.enc_depth
     assert small.dino.embed_dim * 4 == release.dino.embed_dim and small.dino.depth * 4 == release.dino.depth
+    hub.restore_torch_device_context()
     with torch.device("meta"):
         n_small = checkpoints.build_model(
             "planner_libero_atm", small.config_for("planner_libero_atm")

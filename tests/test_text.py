@@ -50,6 +50,12 @@ def encoder(bert_dir: Path) -> TextEncoder:
     return TextEncoder(bert_dir)
 
 
+def test_loading_leaves_torch_device_context_working(encoder: TextEncoder) -> None:
+    """transformers' from_pretrained must not break `with torch.device("meta")` for later code."""
+    with torch.device("meta"):
+        assert torch.linspace(0, 1, 3).device.type == "meta"
+
+
 def test_encode_is_the_pooled_output_of_a_25_token_batch(encoder: TextEncoder) -> None:
     sentences = ["pick up the black bowl", "open the top drawer of the cabinet"]
     emb = encoder.encode(sentences)

@@ -538,7 +538,26 @@ def load_hub_dino(
         )
     except OSError as exc:
         raise UserError(_hub_model_message(model_id, f"{type(exc).__name__}: {exc}")) from exc
+    finally:
+        restore_torch_device_context()
     return dinov2_from_transformers(model.state_dict())
+
+
+def restore_torch_device_context() -> None:
+    """Undo a side effect of transformers 5 `from_pretrained` on torch's device context manager.
+
+    transformers builds the model inside `torch.device("meta")` while it has temporarily replaced torch's
+    tensor-creation functions; torch caches its list of device-aware constructors on first use, so the cache
+    then holds the replaced functions and, for the rest of the process, `with torch.device(...)` no longer
+    applies to e.g. `torch.linspace` (meta-device model builds then mix cpu and meta tensors). Clearing the
+    cache (`torch.utils._device._device_constructors`) rebuilds it from the real functions. Call after every
+    `from_pretrained`.
+    """
+    import torch.utils._device as device_module
+
+    cached = getattr(device_module, "_device_constructors", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
 
 
 def _hub_model_message(model_id: str, reason: str) -> str:

@@ -129,6 +129,8 @@ def _load_bert(name: str, cache_dir: str | os.PathLike | None) -> tuple[Any, Any
             "HF_HUB_OFFLINE is set" if hub.hub_offline() and not is_local else f"{type(exc).__name__}: {exc}"
         )
         raise UserError(_offline_text_message(name, cache_dir, reason)) from exc
+    finally:
+        hub.restore_torch_device_context()
     return model.float().eval(), tokenizer
 
 
