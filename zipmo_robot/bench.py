@@ -87,19 +87,30 @@ def time_call(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: 
 
 
 def timed_calls(
-    fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: int = 1
+    fn: Callable[[], Any],
+    repeats: int,
+    device: str = "cpu",
+    warmup: int = 1,
+    cpu_times: list[float] | None = None,
 ) -> tuple[list[float], Any]:
-    """`(seconds of each of `repeats` timed calls, result of the last call)` after `warmup` untimed calls."""
+    """`(seconds of each of `repeats` timed calls, result of the last call)` after `warmup` untimed calls.
+
+    With `cpu_times`, the process CPU seconds of each timed call are appended to it (on a shared machine wall
+    time includes waiting for other processes; CPU time / threads is closer to the uncontended time, but
+    also counts OpenMP spin-waiting).
+    """
     result = None
     for _ in range(warmup):
         result = fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu_start)
     return times, result
 
 
@@ -338,9 +349,15 @@ def _planner_case(
         )
 
     with PeakRSS() as mem, torch.inference_mode(), autocast:
-        cond_times, cond = timed_calls(condition, args.cond_repeats, device, args.warmup)
+        cond_cpu: list[float] = []
+        step_cpu: list[float] = []
+        cond_times, cond = timed_calls(condition, args.cond_repeats, device, args.warmup, cond_cpu)
         step_times, v = timed_calls(
-            lambda: planner.predict_velocity(inputs["z"], t_vec, cond), args.steps, device, args.warmup
+            lambda: planner.predict_velocity(inputs["z"], t_vec, cond),
+            args.steps,
+            device,
+            args.warmup,
+            step_cpu,
         )
         v = v.float()
         replan_s = time_call(replan, 1, device, warmup=0)[0] if args.full_replan else None
@@ -354,6 +371,8 @@ def _planner_case(
         "cond_ms_all": [round(1e3 * t, 1) for t in cond_times],
         "step_ms": round(step_ms, 1),
         "step_ms_all": [round(1e3 * t, 1) for t in step_times],
+        "cond_cpu_s_all": [round(t, 2) for t in cond_cpu],
+        "step_cpu_s_all": [round(t, 2) for t in step_cpu],
         "replan_ms_derived": round(cond_ms + args.nfe * step_ms, 1),
         "replan_ms_measured": None if replan_s is None else round(1e3 * replan_s, 1),
         "step_gflop": round(flops["total"] / 1e9, 1),
