@@ -132,10 +132,11 @@ def test_render_by_state_replay_adds_raw_images(collected, tmp_path, render_env)
 
     first = demo.obs["agentview_rgb"][0]
     assert not np.array_equal(first, orient_image(first, "flip_vertical"))
-    fid = fidelity(render_env, demo, ("agentview", "robot0_eye_in_hand"), frame_stride=25)
+    fid = fidelity(
+        render_env, demo, ("agentview", "robot0_eye_in_hand"), frame_stride=25, replay_actions=False
+    )
     assert fid.frames_compared >= 3
     assert max(fid.max_abs_pixel_error.values()) == 0  # same renderer, same states: identical frames
-    assert fid.action_replay_success
 
 
 def _sim_tracks(env, states, camera, query_frames=(0,), grid=12):

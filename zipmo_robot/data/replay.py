@@ -83,8 +83,11 @@ class Fidelity:
     max_state_error: float
 
 
-def fidelity(env: Any, demo: Demo, cameras: tuple[str, ...], frame_stride: int = 1) -> Fidelity:
-    """Compare a demo with its replay in `env` (raw-orientation rendering env at the stored image size)."""
+def fidelity(
+    env: Any, demo: Demo, cameras: tuple[str, ...], frame_stride: int = 1, replay_actions: bool = True
+) -> Fidelity:
+    """Compare a demo with its replay in `env` (raw-orientation rendering env at the stored image size);
+    `replay_actions=False` skips re-executing the actions (reported as not replayed: success False, 0 steps)."""
     mean_err: dict[str, float] = {}
     max_err: dict[str, int] = {}
     idx = np.arange(0, demo.length, frame_stride)
@@ -98,6 +101,8 @@ def fidelity(env: Any, demo: Demo, cameras: tuple[str, ...], frame_stride: int =
         diff = np.abs(stored.astype(np.int16) - rendered.astype(np.int16))
         mean_err[cam], max_err[cam] = float(diff.mean()), int(diff.max())
         compared = len(idx)
+    if not replay_actions:
+        return Fidelity(mean_err, max_err, compared, False, 0, float("nan"))
     raw = env.raw
     raw.set_init_state(demo.states[0])
     nq = raw.env.sim.model.nq
