@@ -52,6 +52,8 @@ class EnvConfig:
         if self.image_size <= 0 or (self.policy_image_size is not None and self.policy_image_size <= 0):
             raise ValueError(f"image sizes must be positive, got {self.image_size}, {self.policy_image_size}")
         if self.settle_steps < 0 or self.max_steps <= 0:
-            raise ValueError(f"settle_steps >= 0 and max_steps > 0 required, got {self.settle_steps}, {self.max_steps}")
+            raise ValueError(
+                f"settle_steps >= 0 and max_steps > 0 required, got {self.settle_steps}, {self.max_steps}"
+            )
         if len(self.settle_action) != 7:
             raise ValueError(f"settle_action must have 7 entries, got {len(self.settle_action)}")

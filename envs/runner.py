@@ -64,8 +64,13 @@ class Episode:
     env: EnvConfig
     episode_index: int
     init_state_id: int
-    seed: int
+    seed: int  # the policy's per-row seed (RowInfo.seed)
     fault: Fault | None = None  # tests only
+    env_seed: int | None = None  # seed of `LiberoEnv.reset` (scene layout); None: same as `seed`
+
+    @property
+    def reset_seed(self) -> int:
+        return self.seed if self.env_seed is None else self.env_seed
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -448,7 +453,7 @@ class VectorRunner:
                 self._send(
                     slot,
                     "reset",
-                    (ep.env, ep.init_state_id, ep.seed, fault),
+                    (ep.env, ep.init_state_id, ep.reset_seed, fault),
                     SlotState.WAITING_RESET,
                     self.reset_timeout,
                 )
@@ -620,6 +625,7 @@ class VectorRunner:
             "episode_index": ep.episode_index,
             "init_state_id": ep.init_state_id,
             "seed": ep.seed,
+            "env_seed": ep.reset_seed,
             "status": status,
             "success": status == "success",
             "steps": a.step,

@@ -134,8 +134,23 @@ def init_state_for(protocol: Protocol, task_id: int, episode_index: int, seed: i
     return (first[worker] + n_reset) % N_INIT_STATES
 
 
+def env_seed(protocol: Protocol, task_id: int, episode_index: int, seed: int) -> int:
+    """The seed given to `LiberoEnv.reset` (pure function).
+
+    LIBERO re-places the fixed furniture at every reset from numpy's global RNG, so the scene layout depends on
+    this seed, not only on the init state. ZipMo seeds worker i of task t with `seed + 1000*t + i`
+    (`build_libero_env`); ATM/Tra-MoE build every worker with `env.seed(0)`. Later resets of an official worker
+    continue its RNG stream, which a per-episode seed cannot reproduce; the first reset of each worker matches.
+    """
+    if protocol.init_rule == "atm_blocks":
+        return 0
+    if protocol.init_rule == "zipmo_random":
+        return seed + 1000 * task_id + episode_index % protocol.n_parallel
+    return seed + 1000 * task_id + episode_index
+
+
 def episode_seed(protocol: Protocol, task_id: int, episode_index: int, seed: int) -> int:
-    """The seed of one episode (env reset and the policy's per-row generator).
+    """The seed of the policy's per-row generator for one episode.
 
     ZipMo's `rollout_seed = seed + 100000*task + rollout_i` (ZIPMO_REFERENCE.md §7.5), with the episode index
     in place of the rollout index so every episode has its own seed.

@@ -16,6 +16,7 @@ from zipmo_robot.envs.video import OUTCOME_COLOURS, compose_frame, video_name, w
 from zipmo_robot.eval import reports
 from zipmo_robot.eval.protocols import (
     PROTOCOLS,
+    env_seed,
     episode_seed,
     get_protocol,
     init_state_for,
@@ -54,6 +55,17 @@ def test_init_state_is_a_pure_function_of_its_arguments() -> None:
     assert forward == backward
     assert [init_state_for(PROTOCOLS["default"], 1, e, 0) for e in range(3)] == [0, 1, 2]
     assert episode_seed(p, 3, 2, 42) == 42 + 300000 + 2
+
+
+def test_env_seeds_follow_each_protocols_workers() -> None:
+    """ZipMo seeds worker i of task t with seed + 1000 t + i; ATM/Tra-MoE build every worker with seed 0."""
+    p = PROTOCOLS["zipmo_release"]
+    assert [env_seed(p, 3, e, 42) for e in range(10)] == [3042 + i for i in range(10)]
+    assert env_seed(p, 3, 12, 42) == 3042 + 2  # the worker's second episode
+    assert {
+        env_seed(get_protocol(n), t, e, 5) for n in ("atm", "tramoe") for t in (0, 4) for e in range(20)
+    } == {0}
+    assert env_seed(PROTOCOLS["default"], 1, 2, 42) == 1044
 
 
 def test_unknown_protocol_lists_the_known_ones() -> None:

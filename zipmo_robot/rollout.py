@@ -109,7 +109,7 @@ def outcome_settings(cfg: Any) -> dict[str, Any]:
 def plan_episodes(cfg: Any) -> list[Any]:
     """Every episode of the run, task-major: `Episode(EnvConfig, episode_index, init_state_id, seed)`."""
     from zipmo_robot.envs.runner import Episode
-    from zipmo_robot.eval.protocols import episode_seed, init_state_for, protocol_from_dict
+    from zipmo_robot.eval.protocols import env_seed, episode_seed, init_state_for, protocol_from_dict
 
     c = _to_container(cfg)
     protocol = protocol_from_dict(c["protocol"])
@@ -123,6 +123,7 @@ def plan_episodes(cfg: Any) -> list[Any]:
                     episode_index=e,
                     init_state_id=init_state_for(protocol, task_id, e, c["seed"]),
                     seed=episode_seed(protocol, task_id, e, c["seed"]),
+                    env_seed=env_seed(protocol, task_id, e, c["seed"]),
                 )
             )
     return episodes
