@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from zipmo_robot.cli import UserError
+from zipmo_robot.config import atomic_write_bytes
 
 DEFAULT_TEXT_MODEL = "bert-base-cased"
 MAX_LENGTH = 25  # official preprocessing (scripts/preproc_text_emb.py), ATM's setting
@@ -265,7 +266,7 @@ class TaskEmbeddingCache:
         languages = sorted(table)
         matrix = np.stack([table[lang] for lang in languages]).astype(np.float32)
         meta = {"languages": json.dumps(languages), "model": self.model, "max_length": str(self.max_length)}
-        _atomic_write_bytes(self.path(suite), save({"embeddings": matrix}, metadata=meta))
+        atomic_write_bytes(self.path(suite), save({"embeddings": matrix}, metadata=meta))
 
 
 def suite_languages(suite: str) -> list[str]:
@@ -277,21 +278,3 @@ def suite_languages(suite: str) -> list[str]:
     from zipmo_robot.envs.suites import list_tasks
 
     return [t.language for t in list_tasks(suite)]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes through a temp file in the same folder and `os.replace`, so readers never see half a file."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
