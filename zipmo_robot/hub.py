@@ -7,7 +7,7 @@ with one message naming the file, the repo, the cache folders and the command to
 `dinov2_from_transformers(sd)` converts transformers' `Dinov2WithRegistersModel` weights to the official DINO
 layout (ZIPMO_REFERENCE.md §2.1), for training from scratch without a ZipMo checkpoint.
 
-Cache folders: `ZIPMO_CACHE` (default `$XDG_CACHE_HOME/zipmo_robot`, i.e. `~/.cache/zipmo_robot`) holds
+Cache folders: `ZIPMO_CACHE` (default the project folder `$ZIPMO_HOME`, else `~/.cache/zipmo-robot`) holds
 `official/<file>` (files copied by hand; checked first) and the text-embedding caches; hub downloads go to the
 huggingface cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) unless a cache folder
 is given explicitly.
@@ -162,11 +162,13 @@ ALIASES: dict[str, str] = {"atm": "head_atm", "zipmo_vae": "vae"}
 
 
 def zipmo_cache_dir() -> Path:
-    """Root of zipmo-robot's own caches: `$ZIPMO_CACHE`, else `$XDG_CACHE_HOME/zipmo_robot` (~/.cache)."""
+    """Root of zipmo-robot's own caches: `$ZIPMO_CACHE`, else the project folder `envs.setup.zipmo_home()`
+    (`$ZIPMO_HOME`, else ~/.cache/zipmo-robot), which also holds LIBERO's config."""
     if os.environ.get("ZIPMO_CACHE"):
         return Path(os.environ["ZIPMO_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "zipmo_robot"
+    from zipmo_robot.envs.setup import zipmo_home
+
+    return zipmo_home()
 
 
 def local_drop_dir() -> Path:

@@ -164,7 +164,7 @@ def _offline_text_message(name: str, cache_dir: str | os.PathLike | None, reason
 
 
 def default_embedding_dir() -> Path:
-    """`<zipmo cache>/text_embeddings` (`$ZIPMO_CACHE`, else ~/.cache/zipmo_robot)."""
+    """`<zipmo cache>/text_embeddings` (`$ZIPMO_CACHE`, else `$ZIPMO_HOME`, else ~/.cache/zipmo-robot)."""
     from zipmo_robot.hub import zipmo_cache_dir
 
     return zipmo_cache_dir() / "text_embeddings"
