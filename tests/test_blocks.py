@@ -10,14 +10,7 @@ import torch
 
 from zipmo_robot import blocks, rope
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models are dominated by thread start-up on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _g(seed: int = 0) -> torch.Generator:

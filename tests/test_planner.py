@@ -15,13 +15,7 @@ from test_vae import tiny_vae_config, unzero
 from zipmo_robot import checkpoints
 from zipmo_robot.planner import PlannerConfig, build_planner
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(variant: str, **kw) -> PlannerConfig:

@@ -37,15 +37,12 @@ def _policy_kinds() -> list[str]:
 
 
 KINDS = _policy_kinds()
-pytestmark = pytest.mark.skipif(not KINDS, reason="no policy-head kinds in the parity manifest")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the fixtures were produced with one thread
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.skipif(not KINDS, reason="no policy-head kinds in the parity manifest"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _agent(kind: str, precision: str):
