@@ -49,8 +49,8 @@ def worker_construct(n_resets: int) -> dict[str, Any]:
     """Construction and reset timings of `LiberoEnv` (128², both cameras, 5 settle steps) in this process."""
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv, import_libero_envs
+    from zipmo_robot.envs.spec import EnvConfig
 
     import_libero_envs()
     import torch  # noqa: F401  (LIBERO's benchmark module imports it; count it as the ZipMo stack does)
@@ -124,8 +124,8 @@ def worker_first_step() -> dict[str, Any]:
     """Seconds from process start (this function) to the first rendered `LiberoEnv` step."""
     t0 = time.perf_counter()
     import numpy as np
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
 
     env = LiberoEnv(EnvConfig(suite=SUITE, task_id=TASK, settle_steps=0))
     env.reset(options={"init_state_id": 0})

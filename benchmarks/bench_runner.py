@@ -17,7 +17,7 @@ import platform
 import time
 from typing import Any
 
-from zipmo_robot.envs.config import DUMMY_ACTION, EnvConfig
+from zipmo_robot.envs.spec import DUMMY_ACTION, EnvConfig
 
 
 def _raw_loop(cfg: EnvConfig, warmup: int, steps: int, barrier: Any, out: Any) -> None:

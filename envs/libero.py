@@ -27,11 +27,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from zipmo_robot.envs.config import EnvConfig
 from zipmo_robot.envs.setup import ensure_libero
+from zipmo_robot.envs.spec import EnvConfig
 from zipmo_robot.envs.suites import TaskInfo, get_task, load_init_states
 
-from zipmo_robot.cli import UserError
+from zipmo_robot.errors import UserError
 
 ACTION_DIM = 7
 DEFAULT_SEED = 0  # LIBERO env seed when reset() gets none: ATM's env seed and the golden frame's

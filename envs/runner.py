@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
-from zipmo_robot.envs.config import EnvConfig
+from zipmo_robot.envs.spec import EnvConfig
 from zipmo_robot.policy.base import RowInfo
 
 FAULT_KINDS: tuple[str, ...] = ("raise", "exit", "hang")

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from zipmo_robot.cli import UserError
-from zipmo_robot.config import atomic_write_text
+from zipmo_robot.errors import UserError
+from zipmo_robot.files import atomic_write_text
 
 ASSETS_ENV = "ZIPMO_LIBERO_ASSETS"
 HOME_ENV = "ZIPMO_HOME"

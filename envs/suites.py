@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from zipmo_robot.envs.config import SUITES
 from zipmo_robot.envs.setup import libero_package_dir
+from zipmo_robot.envs.spec import SUITES
 
-from zipmo_robot.cli import UserError
+from zipmo_robot.errors import UserError
 
 N_INIT_STATES = 50  # every .pruned_init file of the five suites holds 50 states (PROTOCOLS.md §0)
 

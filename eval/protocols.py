@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from zipmo_robot.envs.config import DUMMY_ACTION, ORIENTATIONS, EnvConfig
+from zipmo_robot.envs.spec import DUMMY_ACTION, ORIENTATIONS, EnvConfig
 
 INIT_RULES: tuple[str, ...] = ("zipmo_random", "atm_blocks", "sequential")
 N_INIT_STATES = 50  # every .pruned_init file of the five suites holds 50 states (PROTOCOLS.md §0)

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from zipmo_robot.config import atomic_write_text
+from zipmo_robot.files import atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -89,7 +89,7 @@ class BertTaskEmbedder:
 
     def __init__(self, cache: Any = None) -> None:
         if cache is None:
-            from zipmo_robot.text import TaskEmbeddingCache
+            from zipmo_robot.models.text import TaskEmbeddingCache
 
             cache = TaskEmbeddingCache()
         self.cache = cache
@@ -340,7 +340,7 @@ def split_policy_state_dict(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     planner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     head = {k: v for k, v in sd.items() if not k.startswith(prefix)}
     if not planner:
-        from zipmo_robot.cli import UserError
+        from zipmo_robot.errors import UserError
 
         raise UserError(
             "this file has no track_predictor.* keys, so it is not a ZipMo policy-head checkpoint "
@@ -360,8 +360,8 @@ def build_policy_models(
     """
     from zipmo_robot.policy.head import InverseDynamicsHeadConfig
 
-    from zipmo_robot import checkpoints
-    from zipmo_robot.planner import build_planner
+    from zipmo_robot.checkpoints import convert as checkpoints
+    from zipmo_robot.models.planner import build_planner
 
     planner_sd, head_sd = split_policy_state_dict(sd)
     sd.clear()
@@ -370,7 +370,7 @@ def build_policy_models(
     try:
         pcfg = checkpoints.infer_config(kind, planner_sd, dino_num_heads=dino_heads)
     except ValueError as exc:
-        from zipmo_robot.cli import UserError
+        from zipmo_robot.errors import UserError
 
         raise UserError(
             f"{exc} (the file's DINO width is not a multiple of 64, so it is not a release-size checkpoint); "

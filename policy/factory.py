@@ -35,8 +35,8 @@ def _make_zipmo(options: dict[str, Any]) -> Policy:
     )
     from zipmo_robot.policy.ensembling import ENSEMBLE_MODES
 
-    from zipmo_robot import hub
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.checkpoints import hub
+    from zipmo_robot.errors import UserError
 
     def opt(key: str, default: Any) -> Any:
         value = options.get(key)
@@ -57,7 +57,7 @@ def _make_zipmo(options: dict[str, Any]) -> Policy:
         raise UserError(f"--nfe must be >= 1 (Euler steps per replan), got {nfe}")
     dino_heads = options.get("dino_heads")
     if dino_heads is None and options.get("model") is not None:
-        from zipmo_robot.model_configs import load_sizes
+        from zipmo_robot.models.sizes import load_sizes
 
         dino_heads = load_sizes(str(options["model"])).dino.num_heads
 
@@ -123,8 +123,8 @@ def _make_replay(options: dict[str, Any]) -> Policy:
 
     from zipmo_robot.policy.scripted import ReplayPolicy
 
-    from zipmo_robot.cli import UserError
     from zipmo_robot.data.hdf5 import DemoFileError
+    from zipmo_robot.errors import UserError
 
     demo = options.get("demo")
     if not demo:
@@ -139,7 +139,7 @@ def _make_replay(options: dict[str, Any]) -> Policy:
 
 def make_policy(name: str, options: dict[str, Any]) -> Policy:
     """Return a fresh policy; an unknown name raises `UserError` listing the known ones."""
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.errors import UserError
 
     if name in SIMPLE_POLICIES:
         return SIMPLE_POLICIES[name]()

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zipmo_robot.blocks import TransformerLayer
-from zipmo_robot.rope import make_axial_pos_2d
+from zipmo_robot.models.blocks import TransformerLayer
+from zipmo_robot.models.rope import make_axial_pos_2d
 
 # rows of `learnable_modality_emb` the official head uses (0, 1, 4 exist in the checkpoint but are unused)
 _MOTION_ROWS = (2, 3)  # view 0, view 1 motion tokens

@@ -53,8 +53,8 @@ class ScriptedPolicy:
         self._shadows.clear()
 
     def _shadow(self, row: RowInfo) -> Any:
-        from zipmo_robot.envs.config import EnvConfig
         from zipmo_robot.envs.libero import LiberoEnv
+        from zipmo_robot.envs.spec import EnvConfig
 
         env = self._shadows.get(row.slot)
         if env is None or (env.cfg.suite, env.cfg.task_id) != (row.suite, row.task_id):
@@ -111,7 +111,7 @@ class ReplayPolicy:
 
     def _actions_for(self, row: RowInfo) -> np.ndarray:
         if self.language and row.task_language and row.task_language.strip() != self.language:
-            from zipmo_robot.cli import UserError
+            from zipmo_robot.errors import UserError
 
             raise UserError(
                 f"--demo {self.path} holds demos of task {self.language!r} but the episode is task "

@@ -73,7 +73,7 @@ def max_abs_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def dino_config():
-    from zipmo_robot.dino import DinoConfig
+    from zipmo_robot.models.dino import DinoConfig
 
     d = manifest()["config"]["dino"]
     return DinoConfig(
@@ -88,7 +88,7 @@ def dino_config():
 
 
 def vae_config():
-    from zipmo_robot.vae import VAEConfig
+    from zipmo_robot.models.vae import VAEConfig
 
     v = manifest()["config"]["vae"]
     grid = v["grid_size"]
@@ -108,7 +108,7 @@ def vae_config():
 
 def planner_config(kind: str):
     """PlannerConfig of a planner kind (`planner_<variant>`) from the manifest sizes."""
-    from zipmo_robot.planner import PlannerConfig
+    from zipmo_robot.models.planner import PlannerConfig
 
     p = manifest()["config"]["planner"]
     variant = kind.removeprefix("planner_")

@@ -232,7 +232,7 @@ def test_a_planner_file_is_refused_as_a_policy(tmp_path) -> None:
     from safetensors.torch import save_file
     from zipmo_robot.policy.factory import make_policy
 
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.errors import UserError
 
     planner_kind = next(k for k in parity.kinds() if k.startswith("planner_libero"))
     path = tmp_path / "planner.safetensors"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zipmo_robot.bench import PeakRSS, cast_matmul_weights_, dino_flops, matmul_throughput, planner_step_flops
-from zipmo_robot.model_configs import load_sizes
+from zipmo_robot.bench.common import PeakRSS, cast_matmul_weights_, dino_flops, matmul_throughput, planner_step_flops
+from zipmo_robot.models.sizes import load_sizes
 
 
 def test_release_flops_per_euler_step_match_a_hand_count() -> None:
@@ -41,7 +41,7 @@ def test_release_flops_per_euler_step_match_a_hand_count() -> None:
 
 
 def test_weight_precast_is_bit_identical_under_autocast() -> None:
-    from zipmo_robot.planner import build_planner
+    from zipmo_robot.models.planner import build_planner
 
     cfg = load_sizes("tiny").planner_config("libero_tramoe")
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from zipmo_robot import blocks, rope
+from zipmo_robot.models import blocks, rope
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zipmo_robot import checkpoints, hub
-from zipmo_robot.cli import UserError
-from zipmo_robot.model_configs import HEAD_KINDS, KINDS, PLANNER_KINDS, SIZES, load_sizes, model_sizes
+from zipmo_robot.checkpoints import convert as checkpoints
+from zipmo_robot.checkpoints import hub
+from zipmo_robot.errors import UserError
+from zipmo_robot.models.sizes import HEAD_KINDS, KINDS, PLANNER_KINDS, SIZES, load_sizes, model_sizes
 
 LISTINGS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dicts"
 DINO_NUMEL = 86_583_552  # one DINOv2-B/14-reg copy (ZIPMO_REFERENCE.md §2.1)

@@ -211,8 +211,8 @@ def test_static_points_stay_and_gripper_points_follow_the_end_effector(collected
 
 
 def test_replay_policy_replays_the_demo(collected):
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
     from zipmo_robot.policy.base import RowInfo
     from zipmo_robot.policy.factory import make_policy
 

@@ -41,8 +41,8 @@ def test_replay_policy_needs_a_demo_file(tmp_path):
 
 def test_fresh_placement_episode_starts_elsewhere_and_is_reproducible():
     import numpy as np
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
     from zipmo_robot.envs.suites import load_init_states
 
     from zipmo_robot.data.collect import run_expert_episode

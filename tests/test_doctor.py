@@ -8,8 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-
-from zipmo_robot.doctor import CheckResult, format_table, is_software_renderer, judge_golden
+from zipmo_robot.envs.doctor import CheckResult, format_table, is_software_renderer, judge_golden
 
 CHECKS = [
     "versions",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zipmo_robot import hub
-from zipmo_robot.cli import UserError
+from zipmo_robot.checkpoints import hub
+from zipmo_robot.errors import UserError
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dicts"
 
@@ -236,7 +236,7 @@ def _tiny_hf_dino(seed: int = 0):
 
 
 def test_dino_conversion_matches_transformers_patch_tokens() -> None:
-    from zipmo_robot.dino import DinoConfig, ImageEncoder
+    from zipmo_robot.models.dino import DinoConfig, ImageEncoder
 
     hf = _tiny_hf_dino()
     converted = hub.dinov2_from_transformers(hf.state_dict())

@@ -14,7 +14,6 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from zipmo_robot.envs.config import SUITES, EnvConfig  # noqa: E402
 from zipmo_robot.envs.setup import (  # noqa: E402
     ASSETS_ENV,
     PIP_ASSETS_COMMAND,
@@ -23,9 +22,10 @@ from zipmo_robot.envs.setup import (  # noqa: E402
     installed_assets_dir,
     resolve_assets,
 )
+from zipmo_robot.envs.spec import SUITES, EnvConfig  # noqa: E402
 from zipmo_robot.envs.suites import get_task, list_tasks, load_init_states  # noqa: E402
 
-from zipmo_robot.cli import UserError  # noqa: E402
+from zipmo_robot.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_KEYS = ("agentview_image", "robot0_eye_in_hand_image")
@@ -33,7 +33,7 @@ NOISE = ("No private macro file", "Gym has been unmaintained", "EGLError", "Exce
 
 
 def golden() -> tuple[dict, dict[str, np.ndarray]]:
-    from zipmo_robot.doctor import golden_reference
+    from zipmo_robot.envs.doctor import golden_reference
 
     meta, images = golden_reference()
     return meta, {"agentview_image": images["agentview"], "robot0_eye_in_hand_image": images["eye_in_hand"]}
@@ -41,7 +41,7 @@ def golden() -> tuple[dict, dict[str, np.ndarray]]:
 
 def assert_matches_software_golden(image: np.ndarray, reference: np.ndarray) -> None:
     """Same frame up to llvmpipe's CPU-dependent rounding (<= 0.1 % of values, by at most 2 levels)."""
-    from zipmo_robot.doctor import SOFTWARE_TOLERANCE
+    from zipmo_robot.envs.doctor import SOFTWARE_TOLERANCE
 
     assert image.shape == reference.shape and image.dtype == np.uint8
     diff = np.abs(image.astype(np.int16) - reference.astype(np.int16))
@@ -332,7 +332,7 @@ _WORKER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from zipmo_robot.envs.config import EnvConfig
+    from zipmo_robot.envs.spec import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
     env = LiberoEnv(EnvConfig(), hard_reset=True)
     obs, info = env.reset(seed=7, options={"init_state_id": 3})
@@ -376,7 +376,7 @@ def test_same_init_state_gives_identical_first_observation_across_processes(spat
 
 def test_doctor_golden_worker_agrees(spatial_env):
     """The doctor's comparison code judges our env's golden render as passing."""
-    from zipmo_robot.doctor import judge_golden
+    from zipmo_robot.envs.doctor import judge_golden
 
     _, images = golden()
     obs, _ = spatial_env.reset(seed=0, options={"init_state_id": 0})

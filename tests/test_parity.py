@@ -17,7 +17,8 @@ import parity as P
 import pytest
 import torch
 
-from zipmo_robot import blocks, checkpoints, rope
+from zipmo_robot.checkpoints import convert as checkpoints
+from zipmo_robot.models import blocks, rope
 
 FP32_TOL = 1e-4
 TRACKS_TOL = 1e-3

@@ -13,8 +13,8 @@ import torch
 from test_checkpoints import RELEASE_NUMEL
 from test_vae import tiny_vae_config, unzero
 
-from zipmo_robot import checkpoints
-from zipmo_robot.planner import PlannerConfig, build_planner
+from zipmo_robot.checkpoints import convert as checkpoints
+from zipmo_robot.models.planner import PlannerConfig, build_planner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -132,11 +132,10 @@ def test_killed_run_resumes_without_redoing_finished_episodes(tmp_path: Path) ->
 
 @pytest.mark.libero
 def test_a_worker_that_dies_is_reported_apart(tmp_path: Path) -> None:
+    from zipmo_robot.configs import compose
     from zipmo_robot.envs.runner import Episode, Fault
+    from zipmo_robot.eval.rollout import plan_episodes, resolve_config, run_rollout
     from zipmo_robot.policy.base import ZeroPolicy
-
-    from zipmo_robot.config import compose
-    from zipmo_robot.rollout import plan_episodes, resolve_config, run_rollout
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     cfg = compose(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from zipmo_robot.envs.config import EnvConfig
 from zipmo_robot.envs.runner import Episode, Fault, VectorRunner, stack_observations
+from zipmo_robot.envs.spec import EnvConfig
 from zipmo_robot.envs.video import OUTCOME_COLOURS, compose_frame, video_name, write_episode_video
 from zipmo_robot.eval import reports
 from zipmo_robot.eval.protocols import (
@@ -80,8 +80,7 @@ def test_unknown_protocol_lists_the_known_ones() -> None:
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
 def test_protocol_yaml_agrees_with_the_python_table(name: str) -> None:
     from omegaconf import OmegaConf
-
-    from zipmo_robot.config import compose
+    from zipmo_robot.configs import compose
 
     cfg = compose("rollout", [f"protocol={name}"])
     assert protocol_from_dict(OmegaConf.to_container(cfg.protocol)) == PROTOCOLS[name]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from zipmo_robot.cli import UserError
-from zipmo_robot.text import MAX_LENGTH, TaskEmbeddingCache, TextEncoder, encoder_identifier
+from zipmo_robot.errors import UserError
+from zipmo_robot.models.text import MAX_LENGTH, TaskEmbeddingCache, TextEncoder, encoder_identifier
 
 WORDS = (
     "pick up the black bowl between plate and ramekin place it on put in basket open top drawer of cabinet "
@@ -193,7 +193,7 @@ def test_missing_bert_gives_a_clear_error_fast(
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        from zipmo_robot.hub import hub_reachable
+        from zipmo_robot.checkpoints.hub import hub_reachable
 
         if hub_reachable()[0]:
             pytest.skip("this machine reaches the hub; the no-network path cannot be exercised here")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zipmo_robot.dino import DinoConfig
-from zipmo_robot.vae import TrajectoryVAE, VAEConfig
+from zipmo_robot.models.dino import DinoConfig
+from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +60,7 @@ def test_decode_any_query_count_and_length(vae, n_queries, T):
 def test_decode_dense_layout_matches_direct_decoding(vae, grid, chunk):
     """Chunk (oh, ow) holds grid rows oh, oh+s, ... and columns ow, ow+s, ...: decoding those queries
     directly gives the same tracks at the same grid cells."""
-    from zipmo_robot.rope import make_axial_pos_2d
+    from zipmo_robot.models.rope import make_axial_pos_2d
 
     _, frame = _data(B=1)
     latents = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(2))

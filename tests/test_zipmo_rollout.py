@@ -46,10 +46,9 @@ def _head_kind() -> str | None:
 
 
 def test_tiny_zipmo_agent_in_two_real_envs(tmp_path) -> None:
+    from zipmo_robot.configs import compose
+    from zipmo_robot.eval.rollout import run_rollout
     from zipmo_robot.policy.factory import make_policy
-
-    from zipmo_robot.config import compose
-    from zipmo_robot.rollout import run_rollout
 
     kind = _head_kind()
     if kind is None:

@@ -158,8 +158,8 @@ def collect_task(
     Idempotent: an existing file with at least `n_demos` demos is kept as is. Returns statistics
     (attempts and successes per source, seconds, steps) which are also written beside it as JSON.
     """
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
     from zipmo_robot.envs.suites import get_task
 
     task = get_task(suite, task_id)
@@ -208,7 +208,7 @@ def collect_task(
         env.close()
     stats["kept"] = len(stats["kept_lengths"])
     stats["seconds"] = time.perf_counter() - t0
-    from zipmo_robot.config import atomic_write_text
+    from zipmo_robot.files import atomic_write_text
 
     atomic_write_text(stats_path, json.dumps(stats, indent=1))
     return stats
@@ -255,7 +255,7 @@ CAMERA_KEY = {"agentview": "agentview_rgb", "robot0_eye_in_hand": "eye_in_hand_r
 
 def task_of_file(info: Any) -> tuple[str, int]:
     """(suite, task_id) of a demo file, from its BDDL path or language matched against the suites."""
-    from zipmo_robot.envs.config import SUITES
+    from zipmo_robot.envs.spec import SUITES
     from zipmo_robot.envs.suites import list_tasks
 
     bddl = str(
@@ -269,7 +269,7 @@ def task_of_file(info: Any) -> tuple[str, int]:
         for task in list_tasks(suite):
             if task.name in (stem, name_from_file):
                 return suite, task.task_id
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.errors import UserError
 
     raise UserError(
         f"{info.path}: cannot tell which LIBERO task this file is (bddl {bddl!r}); name it <task>_demo.hdf5"

@@ -77,8 +77,8 @@ _ENVS: dict[tuple, Any] = {}  # per worker process: one rendering env per task (
 
 
 def _env_for(suite: str, task_id: int, settings: PreprocessSettings) -> Any:
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
 
     key = (suite, task_id, settings.image_size, settings.cameras)
     if key not in _ENVS:
@@ -183,10 +183,10 @@ def task_embedding(
     """BERT embedding of `language` via the shared cache, or (None, reason) when BERT is not available."""
     if text_model is None:
         return None, "skipped (--no-text)"
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.errors import UserError
 
     try:
-        from zipmo_robot.text import TaskEmbeddingCache
+        from zipmo_robot.models.text import TaskEmbeddingCache
 
         cache = TaskEmbeddingCache(embeddings_dir, model=text_model)
         return cache.get_one(suite, language), "ok"
@@ -289,7 +289,7 @@ def run_jobs(jobs: list[Job], workers: int, progress: Any = None) -> list[tuple[
 
 def write_task_index(tasks: dict[str, dict]) -> None:
     """`task.json` per task folder: demos, ATM split, embedding status, settings."""
-    from zipmo_robot.config import atomic_write_text
+    from zipmo_robot.files import atomic_write_text
 
     for folder, meta in tasks.items():
         atomic_write_text(Path(folder) / "task.json", json.dumps(meta, indent=1))

@@ -26,8 +26,8 @@ def replay_env(
     render: bool = True,
 ) -> Iterator[Any]:
     """A `LiberoEnv` (raw orientation) for replaying one task's demos; closed on exit."""
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
 
     cfg = EnvConfig(
         suite=suite,

@@ -315,7 +315,7 @@ def cotracker_view(
 
     import torch
 
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.errors import UserError
 
     if repo not in sys.path:
         sys.path.insert(0, repo)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipmo_robot.blocks import InputMLP, Level, OutputMLP, TransformerLayer
-from zipmo_robot.dino import DinoConfig, ImageEncoder
-from zipmo_robot.rope import centers, make_axial_pos_2d
+from zipmo_robot.models.blocks import InputMLP, Level, OutputMLP, TransformerLayer
+from zipmo_robot.models.dino import DinoConfig, ImageEncoder
+from zipmo_robot.models.rope import centers, make_axial_pos_2d
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration

@@ -1,6 +1,6 @@
 """The `zipmo-robot` command line: subcommands with ordinary flags plus trailing hydra `key=value` overrides.
 
-Each subcommand lives in `zipmo_robot.commands.<name>` and defines `HELP`, `add_arguments(parser)` and
+Each subcommand lives in `zipmo_robot.cli.<name>` and defines `HELP`, `add_arguments(parser)` and
 `run(args, overrides) -> int`. Those modules import nothing heavy at module level, so `--help` is instant.
 """
 
@@ -10,19 +10,17 @@ import argparse
 import importlib
 import sys
 
+from zipmo_robot.errors import UserError
+
 # name -> module; one explicit list, read in one place.
 COMMANDS: dict[str, str] = {
-    "rollout": "zipmo_robot.commands.rollout",
-    "doctor": "zipmo_robot.commands.doctor",
-    "download": "zipmo_robot.commands.download",
-    "bench": "zipmo_robot.commands.bench",
-    "preprocess": "zipmo_robot.commands.preprocess",
-    "collect": "zipmo_robot.commands.collect",
+    "rollout": "zipmo_robot.cli.rollout",
+    "doctor": "zipmo_robot.cli.doctor",
+    "download": "zipmo_robot.cli.download",
+    "bench": "zipmo_robot.cli.bench",
+    "preprocess": "zipmo_robot.cli.preprocess",
+    "collect": "zipmo_robot.cli.collect",
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input or machine: printed as one clear message, exit code 2."""
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

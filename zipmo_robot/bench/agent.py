@@ -40,11 +40,11 @@ def agent_arguments(parser: argparse.ArgumentParser) -> None:
 def _random_agent(size: str, variant: str, args: argparse.Namespace, nfe: int) -> Any:
     """Agent with a seeded random planner (VAE kept only for the overlay) and a random head."""
     import torch
+
+    from zipmo_robot.models.planner import build_planner
+    from zipmo_robot.models.sizes import load_sizes
     from zipmo_robot.policy.agent import HashTaskEmbedder, RollingReplanner
     from zipmo_robot.policy.head import InverseDynamicsHead
-
-    from zipmo_robot.model_configs import load_sizes
-    from zipmo_robot.planner import build_planner
 
     sizes = load_sizes(size, list(getattr(args, "overrides", []) or []))
     cfg = sizes.planner_config(variant, share_vae_dino=True)
@@ -130,7 +130,7 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from zipmo_robot.bench import machine_info
+    from zipmo_robot.bench.common import machine_info
 
     report: dict[str, Any] = {
         "benchmark": "agent",

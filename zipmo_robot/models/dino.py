@@ -2,7 +2,7 @@
 
 `ImageEncoder` takes channel-last frames in [-1, 1] and returns the patch tokens after the final LayerNorm.
 The weights come from a ZipMo checkpoint (keys `<prefix>img_embedder.model.*`) or, for training from scratch,
-from the transformers hub model converted by `zipmo_robot.hub`; nothing here downloads anything.
+from the transformers hub model converted by `zipmo_robot.checkpoints.hub`; nothing here downloads anything.
 """
 
 from __future__ import annotations

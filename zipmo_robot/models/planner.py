@@ -39,10 +39,10 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 
-from zipmo_robot.blocks import FourierFeatures, InputMLP, Level, MappingNetwork, TransformerLayer
-from zipmo_robot.dino import DinoConfig, ImageEncoder
-from zipmo_robot.rope import centers, make_axial_pos_2d
-from zipmo_robot.vae import TrajectoryVAE, VAEConfig
+from zipmo_robot.models.blocks import FourierFeatures, InputMLP, Level, MappingNetwork, TransformerLayer
+from zipmo_robot.models.dino import DinoConfig, ImageEncoder
+from zipmo_robot.models.rope import centers, make_axial_pos_2d
+from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
 VARIANTS = ("sparse", "dense", "libero_atm", "libero_tramoe")
 

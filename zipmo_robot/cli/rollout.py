@@ -33,7 +33,7 @@ _FLAG_KEYS: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from zipmo_robot.envs.config import SUITES
+    from zipmo_robot.envs.spec import SUITES
     from zipmo_robot.policy.factory import POLICY_NAMES
 
     g = parser.add_argument_group("what to run")
@@ -99,12 +99,12 @@ def build_overrides(args: argparse.Namespace, overrides: list[str]) -> list[str]
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from omegaconf import open_dict
 
-    from zipmo_robot.cli import UserError
-    from zipmo_robot.config import compose
+    from zipmo_robot.configs import compose
+    from zipmo_robot.errors import UserError
     from zipmo_robot.eval.protocols import PROTOCOLS
     from zipmo_robot.eval.reports import print_table
+    from zipmo_robot.eval.rollout import resolve_config, run_rollout
     from zipmo_robot.policy.factory import make_policy
-    from zipmo_robot.rollout import resolve_config, run_rollout
 
     if args.protocol is not None and args.protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {args.protocol!r}; known protocols: {', '.join(PROTOCOLS)}")

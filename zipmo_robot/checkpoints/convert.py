@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zipmo_robot.dino import DinoConfig
-from zipmo_robot.planner import PlannerConfig, build_planner
-from zipmo_robot.vae import TrajectoryVAE, VAEConfig
+from zipmo_robot.models.dino import DinoConfig
+from zipmo_robot.models.planner import PlannerConfig, build_planner
+from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
 MODEL_KINDS = ("vae", "planner_sparse", "planner_dense", "planner_libero_atm", "planner_libero_tramoe")
 POLICY_KINDS = ("policy_head_atm", "policy_head_tramoe")
@@ -290,7 +290,7 @@ def save_checkpoint(model: nn.Module, kind: str, folder: str | os.PathLike) -> P
     """Write `config.json` (kind + full config, quirk switches included) and `model.safetensors`."""
     from safetensors.torch import save_file
 
-    from zipmo_robot.config import atomic_write_text
+    from zipmo_robot.files import atomic_write_text
 
     _check_kind(kind, MODEL_KINDS)
     folder = Path(folder)

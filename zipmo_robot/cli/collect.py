@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _task_ids(spec: str | None, suite: str) -> list[int]:
-    from zipmo_robot.cli import UserError
     from zipmo_robot.envs.suites import get_task, list_tasks
+    from zipmo_robot.errors import UserError
 
     if spec is None:
         return [t.task_id for t in list_tasks(suite)]
@@ -70,11 +70,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from tqdm import tqdm
 
-    from zipmo_robot.cli import UserError
     from zipmo_robot.data.collect import collect_task, demo_file_name, render_file
     from zipmo_robot.data.hdf5 import IMAGE_KEYS, read_demo, read_info
     from zipmo_robot.envs.setup import ensure_libero
     from zipmo_robot.envs.suites import check_suite, get_task
+    from zipmo_robot.errors import UserError
 
     if overrides:
         raise UserError(f"collect takes no key=value overrides, got {overrides}")

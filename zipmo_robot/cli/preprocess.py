@@ -56,7 +56,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from tqdm import tqdm
 
-    from zipmo_robot.cli import UserError
     from zipmo_robot.data.preprocess import (
         PreprocessSettings,
         find_demo_files,
@@ -65,6 +64,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         write_task_index,
     )
     from zipmo_robot.envs.setup import ensure_libero
+    from zipmo_robot.errors import UserError
 
     if overrides:
         raise UserError(f"preprocess takes no key=value overrides, got {overrides}")

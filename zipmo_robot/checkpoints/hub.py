@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from zipmo_robot.cli import UserError
+from zipmo_robot.errors import UserError
 
 REPO_ID = "CompVis/ZipMo"
 DINO_HUB_MODEL = "facebook/dinov2-with-registers-base"
@@ -406,7 +406,7 @@ def load_official(
     and shape mismatch is reported in one `checkpoints.CheckpointError`. Returns the model in eval mode, or
     `(planner, head)` for a policy-head file (the head file's own planner: one copy, loaded once).
     """
-    from zipmo_robot.model_configs import HEAD_KINDS, release_config
+    from zipmo_robot.models.sizes import HEAD_KINDS, release_config
 
     path = resolve_checkpoint(path_or_spec, suite=suite, cache_dir=cache_dir)
     sd = read_safetensors(path)
@@ -425,7 +425,7 @@ def _load_model(kind: str, sd: dict[str, Any], config: Any, what: str, prefix: s
     """
     from dataclasses import replace
 
-    from zipmo_robot import checkpoints
+    from zipmo_robot.checkpoints import convert as checkpoints
 
     part = {k[len(prefix) :]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
     sub_kind = (
@@ -442,7 +442,7 @@ def _load_model(kind: str, sd: dict[str, Any], config: Any, what: str, prefix: s
 
 def _load_head(kind: str, sd: dict[str, Any], planner_cfg: Any, head_cfg: Any, what: str) -> tuple[Any, Any]:
     """A released policy-head file → (LIBERO planner from `track_predictor.*`, inverse-dynamics head)."""
-    from zipmo_robot import checkpoints
+    from zipmo_robot.checkpoints import convert as checkpoints
     from zipmo_robot.policy.head import InverseDynamicsHead
 
     if not any(k.startswith("track_predictor.") for k in sd):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipmo_robot.rope import apply_rotary_emb, make_rope
+from zipmo_robot.models.rope import apply_rotary_emb, make_rope
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers

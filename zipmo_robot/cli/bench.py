@@ -29,8 +29,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
     from zipmo_robot.bench import SUB_BENCHMARKS
-    from zipmo_robot.cli import UserError
-    from zipmo_robot.config import atomic_write_text
+    from zipmo_robot.errors import UserError
+    from zipmo_robot.files import atomic_write_text
 
     if not getattr(args, "bench_name", None):
         raise UserError(f"name a benchmark: zipmo-robot bench {{{','.join(SUB_BENCHMARKS)}}} [flags]")

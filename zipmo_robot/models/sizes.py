@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zipmo_robot.cli import UserError
+from zipmo_robot.errors import UserError
 
 SIZES: tuple[str, ...] = ("release", "small", "tiny")
 PLANNER_KINDS: dict[str, str] = {
@@ -48,7 +48,7 @@ class ModelSizes:
 
     def planner_config(self, variant: str, **overrides: Any) -> Any:
         """`PlannerConfig` for one variant (sparse, dense, libero_atm, libero_tramoe) at these sizes."""
-        from zipmo_robot.planner import PlannerConfig
+        from zipmo_robot.models.planner import PlannerConfig
 
         kwargs = {**self.planner, **overrides}
         return _build(
@@ -103,8 +103,8 @@ def model_sizes(cfg: Any) -> ModelSizes:
 
     `cfg` is a composed config with a `model` node, the `model` node itself, or a plain dict of the same shape.
     """
-    from zipmo_robot.dino import DinoConfig
-    from zipmo_robot.vae import VAEConfig
+    from zipmo_robot.models.dino import DinoConfig
+    from zipmo_robot.models.vae import VAEConfig
 
     data = _plain(cfg)
     if not isinstance(data, Mapping):
@@ -137,7 +137,7 @@ def model_sizes(cfg: Any) -> ModelSizes:
 
 def load_sizes(size: str = "release", overrides: Sequence[str] = ()) -> ModelSizes:
     """Compose `configs/model/<size>.yaml` with hydra overrides (`model.planner.depth=2`) into `ModelSizes`."""
-    from zipmo_robot.config import compose
+    from zipmo_robot.configs import compose
 
     if size not in SIZES:
         raise UserError(f"unknown model size {size!r}; available sizes: {', '.join(SIZES)}")

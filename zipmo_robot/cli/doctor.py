@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from zipmo_robot.cli import UserError
-    from zipmo_robot.doctor import format_table, run_checks, to_json
+    from zipmo_robot.envs.doctor import format_table, run_checks, to_json
+    from zipmo_robot.errors import UserError
 
     if overrides:
         raise UserError(f"doctor takes no key=value overrides, got {overrides}")

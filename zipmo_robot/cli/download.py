@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _list(cache: str | None) -> int:
     from pathlib import Path
 
-    from zipmo_robot import hub
+    from zipmo_robot.checkpoints import hub
 
     cache_dir = Path(cache).expanduser() if cache else hub.hf_cache_dir()
     print(f"repo {hub.REPO_ID}; drop folder {hub.local_drop_dir()}; huggingface cache {cache_dir}")
@@ -45,8 +45,8 @@ def _list(cache: str | None) -> int:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from zipmo_robot import hub
-    from zipmo_robot.cli import UserError
+    from zipmo_robot.checkpoints import hub
+    from zipmo_robot.errors import UserError
 
     if overrides:
         raise UserError(f"download takes no key=value overrides, got {overrides}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zipmo_robot.cli import UserError
+from zipmo_robot.errors import UserError
 
 DEFAULT_RUNS_DIR = Path("runs") / "rollout"
 
@@ -56,7 +56,6 @@ def resolve_config(cfg: Any) -> Any:
     """Fill every null of the rollout config that has a derived value (seed, episodes, sizes, out, tasks), so
     the `config.yaml` written beside the results is exactly what ran. Unknown suite/task raise `UserError`."""
     from omegaconf import OmegaConf, open_dict
-
     from zipmo_robot.envs.suites import check_suite, get_task, list_tasks
     from zipmo_robot.eval.protocols import protocol_from_dict
 
@@ -134,7 +133,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
 
     `episodes` replaces the planned episode list (tests use it to inject faults).
     """
-    from zipmo_robot.config import save_resolved
+    from zipmo_robot.configs import save_resolved
     from zipmo_robot.envs.runner import VectorRunner
     from zipmo_robot.envs.setup import ensure_libero
     from zipmo_robot.envs.video import write_episode_video

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from zipmo_robot.cli import UserError
-from zipmo_robot.config import atomic_write_bytes
+from zipmo_robot.errors import UserError
+from zipmo_robot.files import atomic_write_bytes
 
 DEFAULT_TEXT_MODEL = "bert-base-cased"
 MAX_LENGTH = 25  # official preprocessing (scripts/preproc_text_emb.py), ATM's setting
@@ -103,7 +103,7 @@ def encoder_identifier(model: str, max_length: int = MAX_LENGTH) -> str:
 
 def _load_bert(name: str, cache_dir: str | os.PathLike | None) -> tuple[Any, Any]:
     """`AutoModel` + `AutoTokenizer` from a local folder or the hub; unavailable → `UserError` within seconds."""
-    from zipmo_robot import hub
+    from zipmo_robot.checkpoints import hub
 
     local = Path(name).expanduser()
     is_local = local.is_dir()
@@ -138,7 +138,7 @@ def _load_bert(name: str, cache_dir: str | os.PathLike | None) -> tuple[Any, Any
 def _in_hf_cache(name: str, cache_dir: str | os.PathLike | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    from zipmo_robot import hub
+    from zipmo_robot.checkpoints import hub
 
     cache = str(cache_dir) if cache_dir is not None else str(hub.hf_cache_dir())
     hit = try_to_load_from_cache(name, "config.json", cache_dir=cache)
@@ -146,7 +146,7 @@ def _in_hf_cache(name: str, cache_dir: str | os.PathLike | None) -> bool:
 
 
 def _offline_text_message(name: str, cache_dir: str | os.PathLike | None, reason: str) -> str:
-    from zipmo_robot import hub
+    from zipmo_robot.checkpoints import hub
 
     cache = cache_dir if cache_dir is not None else hub.hf_cache_dir()
     return (
@@ -165,7 +165,7 @@ def _offline_text_message(name: str, cache_dir: str | os.PathLike | None, reason
 
 def default_embedding_dir() -> Path:
     """`<zipmo cache>/text_embeddings` (`$ZIPMO_CACHE`, else `$ZIPMO_HOME`, else ~/.cache/zipmo-robot)."""
-    from zipmo_robot.hub import zipmo_cache_dir
+    from zipmo_robot.checkpoints.hub import zipmo_cache_dir
 
     return zipmo_cache_dir() / "text_embeddings"
 
@@ -271,7 +271,7 @@ class TaskEmbeddingCache:
 
 def suite_languages(suite: str) -> list[str]:
     """Task languages of a LIBERO suite in benchmark order; empty for names that are not LIBERO suites."""
-    from zipmo_robot.envs.config import SUITES
+    from zipmo_robot.envs.spec import SUITES
 
     if suite not in SUITES:
         return []

@@ -226,8 +226,9 @@ def check_rendering() -> tuple[CheckResult, str | None, str]:
 
 def check_libero_setup(assets: str | None) -> CheckResult:
     """`ensure_libero`: config written, `LIBERO_CONFIG_PATH` set, assets linked where LIBERO reads them."""
-    from zipmo_robot.cli import UserError
     from zipmo_robot.envs.setup import libero_assets_link, libero_config_dir, resolve_assets
+
+    from zipmo_robot.errors import UserError
 
     try:
         from zipmo_robot.envs.setup import ensure_libero
@@ -291,9 +292,9 @@ def referenced_files(xml: str) -> set[str]:
 
 def check_assets(progress: Callable[[str], None] | None = None) -> CheckResult:
     """Every asset file the five suites' tasks reference exists (LIBERO_SETUP.md: 128 distinct files)."""
-    from zipmo_robot.envs.config import SUITES
     from zipmo_robot.envs.libero import import_libero_envs
     from zipmo_robot.envs.setup import PIP_ASSETS_COMMAND, libero_assets_link
+    from zipmo_robot.envs.spec import SUITES
     from zipmo_robot.envs.suites import list_tasks
 
     try:
@@ -341,8 +342,7 @@ def check_assets(progress: Callable[[str], None] | None = None) -> CheckResult:
 def check_init_states() -> CheckResult:
     """Every task's init-state file loads as a finite (50, D) float64 array."""
     import numpy as np
-
-    from zipmo_robot.envs.config import SUITES
+    from zipmo_robot.envs.spec import SUITES
     from zipmo_robot.envs.suites import N_INIT_STATES, list_tasks, read_init_states_file
 
     dims: set[int] = set()
@@ -397,9 +397,8 @@ def golden_reference() -> tuple[dict[str, Any], dict[str, Any]]:
 def golden_worker() -> dict[str, Any]:
     """Render the golden frame through `LiberoEnv` and compare it (run inside the subprocess)."""
     import numpy as np
-
-    from zipmo_robot.envs.config import EnvConfig
     from zipmo_robot.envs.libero import LiberoEnv
+    from zipmo_robot.envs.spec import EnvConfig
 
     meta, images = golden_reference()
     cfg = EnvConfig(
@@ -487,7 +486,7 @@ def check_golden(assets: str | None) -> CheckResult:
 
         env[ASSETS_ENV] = str(Path(assets).expanduser().resolve())
     code = (
-        "import json; from zipmo_robot.doctor import golden_worker; "
+        "import json; from zipmo_robot.envs.doctor import golden_worker; "
         "print('ZIPMO_GOLDEN ' + json.dumps(golden_worker()))"
     )
     try:

@@ -1,0 +1,55 @@
+"""Benchmarks behind `zipmo-robot bench <name>`: one entry per sub-benchmark in `SUB_BENCHMARKS`.
+
+A sub-benchmark is `SubBenchmark(help, add_arguments, run, format)`: `add_arguments(parser)` adds its flags,
+`run(args) -> dict` returns a JSON-able report (`machine`, `settings`, `results` records, plus anything else)
+and `format(report) -> str` prints it. The command adds the common flags `--threads`, `--device`, `--json`,
+passes trailing hydra overrides as `args.overrides` and, with `--json PATH`, sets `args.on_result(report)`,
+which a sub-benchmark calls after each record so partial results are on disk as they arrive.
+Each sub-benchmark is a module of this package, imported only when it runs (the CLI imports this file to
+build `--help`, so nothing heavy at module level anywhere here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SubBenchmark:
+    """One `zipmo-robot bench <name>` entry: its help line, its flags and its runner."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict[str, Any]]
+    format: Callable[[dict[str, Any]], str] | None = None  # report -> text table (None: JSON is printed)
+
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """`zipmo_robot.bench.<module>.<name>`, imported on first call."""
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"zipmo_robot.bench.{module}"), name)(*args)
+
+    return call
+
+
+# Registry: name -> sub-benchmark (explicit; add an entry per sub-benchmark)
+SUB_BENCHMARKS: dict[str, SubBenchmark] = {
+    "planner": SubBenchmark(
+        help="LIBERO planner with random weights: conditioning, Euler step, replan, memory, FLOPs",
+        add_arguments=_lazy("planner", "planner_arguments"),
+        run=_lazy("planner", "run_planner"),
+        format=_lazy("planner", "format_planner"),
+    ),
+    "agent": SubBenchmark(
+        help="ZipMo agent (planner replan + head) with random weights: ms per control step by stage, sizes, "
+        "batch 1/10, projected hours per suite",
+        add_arguments=_lazy("agent", "agent_arguments"),
+        run=_lazy("agent", "run_agent"),
+        format=_lazy("agent", "format_agent"),
+    ),
+}

@@ -1,0 +1,219 @@
+"""Measurement helpers shared by the sub-benchmarks: machine facts, timing, peak memory, matmul peak, FLOPs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------------
+# Machine facts and measurement helpers
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, logical CPUs, vector extensions that matter for bf16, torch version and threads, load."""
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    try:
+        text = open("/proc/cpuinfo").read()
+        model = next(
+            (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
+        )
+        flags = next(
+            (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+        )
+        info["cpu_model"] = model
+        info["bf16_isa"] = sorted(
+            f for f in set(flags) if f in {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"}
+        )
+    except OSError:
+        pass
+    if hasattr(os, "getloadavg"):
+        info["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
+    return timed_calls(fn, repeats, device, warmup)[0]
+
+
+def timed_calls(
+    fn: Callable[[], Any],
+    repeats: int,
+    device: str = "cpu",
+    warmup: int = 1,
+    cpu_times: list[float] | None = None,
+) -> tuple[list[float], Any]:
+    """`(seconds of each of `repeats` timed calls, result of the last call)` after `warmup` untimed calls.
+
+    With `cpu_times`, the process CPU seconds of each timed call are appended to it (on a shared machine wall
+    time includes waiting for other processes; CPU time / threads is closer to the uncontended time, but
+    also counts OpenMP spin-waiting).
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu_start)
+    return times, result
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident memory every `interval` s; `.peak` in bytes.
+
+    CPU tensors are not visible to tracemalloc, so the resident set is what we can measure; it includes the
+    model weights and everything else the process holds.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.start = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def matmul_throughput(
+    dtype_name: str,
+    device: str = "cpu",
+    shapes: tuple[tuple[int, int, int], ...] | None = None,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """Best GFLOP/s of plain `a @ b` in `dtype_name` (fp32 | bf16) over a few shapes, with the current threads.
+
+    Default shapes: the planner's FFN up-projection at batch 1 (1024 x 1024 @ 1024 x 6144) and a 4096 cube.
+    """
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    shapes = shapes or ((1024, 1024, 6144), (4096, 4096, 4096))
+    gen = torch.Generator().manual_seed(0)
+    per_shape = {}
+    for m, k, n in shapes:
+        a = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(k, n, generator=gen).to(device=device, dtype=dtype)
+        best = min(time_call(lambda a=a, b=b: a @ b, repeats, device))
+        per_shape[f"{m}x{k}x{n}"] = round(2 * m * k * n / best / 1e9, 1)
+    return {"dtype": dtype_name, "gflops_per_shape": per_shape, "gflops": max(per_shape.values())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FLOP counts
+
+
+def planner_step_flops(cfg: Any, batch: int, n_cross: int | None = None) -> dict[str, float]:
+    """Analytic FLOPs (2 per multiply-add) of one velocity evaluation of a planner (`PlannerConfig`).
+
+    Counts every matmul: per layer the self-attention projections (qkv, out), attention scores and
+    weighted sums, cross-attention q/out projections and its attention over `n_cross` context tokens, the
+    SwiGLU FFN, the three AdaRMSNorm scale projections; plus the latent in/out projections and the time
+    MLP. Elementwise work (norms, RoPE, softmax, SiLU) is listed apart as `elementwise_elems` (elements
+    touched per op, a memory-traffic proxy), not counted as FLOPs.
+    """
+    V = cfg.num_views if cfg.is_libero else 1
+    n_lat = V * cfg.vae.n_latents
+    n_img = V * cfg.dino.grid**2
+    L = n_lat + n_img
+    W, F, C, D = cfg.width, cfg.width * cfg.ff_expand, cfg.vae.latent_dim, cfg.d_cond_norm
+    if n_cross is None:
+        n_cross = (2 if cfg.use_step_token else 1) if cfg.is_libero else cfg.n_cond
+    per_layer = {
+        "self_proj": 2 * L * W * (3 * W) + 2 * L * W * W,
+        "self_attn": 2 * 2 * L * L * W,
+        "cross_proj": 2 * L * W * W + 2 * L * W * W,
+        "cross_attn": 2 * 2 * L * n_cross * W,
+        "ffn": 2 * L * W * (2 * F) + 2 * L * F * W,
+        "adanorm": 3 * 2 * D * W,
+    }
+    out = {k: float(v * cfg.depth * batch) for k, v in per_layer.items()}
+    out["in_out_proj"] = float(batch * (2 * n_lat * C * W + 2 * n_lat * W * C))
+    out["time_mlp"] = float(batch * (2 * D * D + cfg.mapping_depth * 2 * D * 3 * cfg.mapping_d_ff))
+    out["total"] = sum(out.values())
+    out["elementwise_elems"] = float(batch * cfg.depth * L * W * 3)  # 3 norms per layer, one pass each
+    return out
+
+
+def dino_flops(dino_cfg: Any, n_images: int) -> float:
+    """Analytic FLOPs of the DINO encoder on `n_images` 224x224 images (patch conv, blocks)."""
+    E, n = dino_cfg.embed_dim, dino_cfg.grid**2 + 1 + dino_cfg.num_register_tokens
+    patch = 2 * dino_cfg.grid**2 * (3 * dino_cfg.patch_size**2) * E
+    block = 2 * n * E * 3 * E + 2 * n * E * E + 2 * 2 * n * n * E + 2 * 2 * n * E * E * dino_cfg.mlp_ratio
+    return float(n_images * (patch + dino_cfg.depth * block))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `bench planner`
+
+PRECISIONS = ("fp32", "bf16", "bf16w")
+
+
+def cast_matmul_weights_(module: Any, dtype: Any) -> int:
+    """Cast the weights and biases of every `nn.Linear` in `module` to `dtype`, in place.
+
+    Under bf16 autocast these layers cast their fp32 weights to bf16 on every call (autocast caches casts
+    only for parameters that require grad, and inference models do not), which costs a pass over all
+    weights per forward. Casting once gives bit-identical outputs (autocast rounds the same way) without
+    that cost, and halves the weights' memory (convolutions are left alone: one patch embedding, negligible). Only for models run exclusively under bf16 autocast: outside
+    autocast these layers would then compute in bf16. Returns the number of tensors cast.
+    """
+    import torch
+
+    n = 0
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Linear):
+            for name in ("weight", "bias"):
+                p = getattr(layer, name, None)
+                if p is not None and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+                    n += 1
+    return n
