@@ -10,6 +10,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+# Modules that define structured-config dataclasses (the schema of a config group) and register them with
+# hydra's ConfigStore through a `register_schemas(cs: ConfigStore) -> None` function. `compose` calls each
+# one before composing, so a YAML preset is validated against its dataclass: unknown keys and wrong types
+# are refused. Add a module here when it owns a config group.
+SCHEMA_MODULES: tuple[str, ...] = ()
+
+
+def register_schemas() -> None:
+    """Register every structured-config schema of `SCHEMA_MODULES` with hydra's ConfigStore (idempotent)."""
+    import importlib
+
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name in SCHEMA_MODULES:
+        importlib.import_module(name).register_schemas(cs)
+
 
 def compose(config_name: str, overrides: list[str] | None = None) -> Any:
     """Compose `zipmo_robot/configs/<config_name>.yaml` with hydra overrides; returns a DictConfig.
@@ -25,6 +42,7 @@ def compose(config_name: str, overrides: list[str] | None = None) -> Any:
     from zipmo_robot.errors import UserError
 
     GlobalHydra.instance().clear()
+    register_schemas()
     try:
         with initialize_config_module(config_module="zipmo_robot.configs", version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))
