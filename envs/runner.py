@@ -550,6 +550,7 @@ class VectorRunner:
             init_state_id=ep.init_state_id,
             seed=ep.seed,
             step=a.step,
+            env_seed=ep.reset_seed,
         )
 
     def _capture(self, a: _Active, obs: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ class RowInfo:
     init_state_id: int
     seed: int  # the episode seed: policies seed their per-row generators with it
     step: int  # number of act() calls for this episode before this one (0 at the first)
+    env_seed: int  # the seed the runner gave `LiberoEnv.reset` (scene layout; differs from `seed`)
 
     @property
     def new_episode(self) -> bool:

@@ -78,7 +78,8 @@ class ScriptedPolicy:
         for i, row in enumerate(rows):
             env = self._shadow(row)
             if row.new_episode or row.slot not in self._experts:
-                env.reset(seed=row.seed, options={"init_state_id": row.init_state_id})
+                # the real env's reset call: the env seed fixes the scene, the init state the objects
+                env.reset(seed=row.env_seed, options={"init_state_id": row.init_state_id})
                 rng = np.random.default_rng(row.seed + self.seed_offset)
                 self._experts[row.slot] = PickPlaceExpert.for_env(env.raw.env, rng=rng)
             if "joint_states" in obs:

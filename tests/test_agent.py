@@ -58,7 +58,7 @@ def _obs(n: int, step: int, salt: int = 0) -> dict:
 
 
 def _row(slot: int, step: int, seed: int, task: int, suite: str = "libero_goal") -> RowInfo:
-    return RowInfo(slot, suite, task, f"task number {task} of {suite}", 0, 0, seed, step)
+    return RowInfo(slot, suite, task, f"task number {task} of {suite}", 0, 0, seed, step, env_seed=0)
 
 
 def _stack(rows: list[dict]) -> dict:

@@ -222,7 +222,7 @@ def test_replay_policy_replays_the_demo(collected):
         obs, _ = env.reset(options={"init_state_id": 0})
         success = False
         for step in range(600):
-            row = RowInfo(0, "libero_spatial", 0, env.task.language, 0, 0, 0, step)
+            row = RowInfo(0, "libero_spatial", 0, env.task.language, 0, 0, 0, step, env_seed=0)
             batch = {k: np.asarray(v)[None] for k, v in obs.items() if k != "task_language"}
             action = policy.act(batch, [row])[0]
             obs, _, success, _, _ = env.step(action)

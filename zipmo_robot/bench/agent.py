@@ -99,7 +99,8 @@ def _case(agent: Any, batch: int, steps: int, warmup: int, plan_scale: float) ->
     wall = 0.0
     for step in range(warmup + steps):
         rows = [
-            RowInfo(i, "libero_goal", i % 10, f"task {i % 10}", 0, 0, 1000 + i, step) for i in range(batch)
+            RowInfo(i, "libero_goal", i % 10, f"task {i % 10}", 0, 0, 1000 + i, step, env_seed=0)
+            for i in range(batch)
         ]
         before = {
             k: sum(agent.episode_info(i).get("timing", {}).get(k, 0.0) for i in range(batch)) for k in STAGES
