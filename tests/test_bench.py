@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from zipmo_robot.bench.common import PeakRSS, cast_matmul_weights_, dino_flops, matmul_throughput, planner_step_flops
+from zipmo_robot.bench.common import (
+    PeakRSS,
+    cast_matmul_weights_,
+    dino_flops,
+    matmul_throughput,
+    planner_step_flops,
+)
 from zipmo_robot.models.sizes import load_sizes
 
 
