@@ -21,7 +21,6 @@ that global switch alone.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -34,6 +33,8 @@ from zipmo_robot.policy.base import RowInfo
 from zipmo_robot.policy.ensembling import TemporalEnsembler
 from zipmo_robot.policy.head import InverseDynamicsHead
 from zipmo_robot.policy.overlay import draw_plan, overlay_query_grid
+
+from zipmo_robot.models.text import HashTaskEmbedder  # noqa: F401 (moved; re-exported for old imports)
 
 PRECISIONS = ("bf16", "fp32")
 STAGES = ("preprocess_s", "encode_s", "plan_s", "head_s", "overlay_s")
@@ -66,22 +67,6 @@ class StepOutput:
     noise: torch.Tensor  # (B, V*G*G, C) initial noise
     dummy: torch.Tensor  # (B, 1, 5) the dummy draw that follows the noise
     start_t: torch.Tensor  # (B,) int64 episode steps passed to the planner
-
-
-class HashTaskEmbedder:
-    """TEST-ONLY stand-in for BERT: a deterministic unit-variance vector per task language, seeded by a
-    hash of the text. It carries no meaning; it exists so tiny test checkpoints (whose text width is not
-    BERT's 768) can run end to end without downloading a language model."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-
-    def __call__(self, suites: Sequence[str], languages: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(languages), self.dim), dtype=np.float32)
-        for i, lang in enumerate(languages):
-            seed = int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")
-            out[i] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-        return out
 
 
 class BertTaskEmbedder:

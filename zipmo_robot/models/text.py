@@ -5,6 +5,11 @@ tokenise with special tokens, `max_length=25`, `padding="max_length"`, truncatio
 fp32, eval mode, no grad, and return `pooler_output` (tanh(dense(CLS))), one `(768,)` float32 vector per
 sentence. `TaskEmbeddingCache` stores `{task language: vector}` per suite in one safetensors file and encodes
 only the sentences it is missing, loading BERT only then.
+
+`SentenceCodeEmbedder` is the documented offline alternative to BERT: a fixed random code per sentence
+(seeded by the sentence's SHA-256), of any width. It tells tasks apart but carries no meaning (no two
+sentences are "close"), so a planner trained with it cannot generalise to unseen instructions; it is what a
+machine without the BERT weights trains and rolls out with, and the choice is stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -157,6 +162,42 @@ def _offline_text_message(name: str, cache_dir: str | os.PathLike | None, reason
         f"AutoTokenizer.from_pretrained('{name}').save_pretrained('DIR')\"`), copy DIR here and pass the folder "
         f"as the text model; or copy cached task embeddings into {default_embedding_dir()}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline per-sentence code (no language model)
+
+TEXT_ENCODERS = ("bert", "sentence_code")
+
+
+class SentenceCodeEmbedder:
+    """Per-sentence code: a deterministic N(0, 1) vector `(dim,)` float32 per task language, seeded by the
+    first 8 bytes of the sentence's SHA-256 (numpy PCG64). Identity only, no meaning (see the module doc).
+
+    Called like the agent's task embedders: `(suites, languages) -> (B, dim)` float32 (the suite is ignored).
+    """
+
+    name = "sentence_code"
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"SentenceCodeEmbedder dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+
+    def encode(self, sentences: Sequence[str]) -> np.ndarray:
+        """`(len(sentences), dim)` float32 codes."""
+        out = np.empty((len(sentences), self.dim), dtype=np.float32)
+        for i, text in enumerate(sentences):
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return out
+
+    def __call__(self, suites: Sequence[str], languages: Sequence[str]) -> np.ndarray:
+        return self.encode(list(languages))
+
+
+# The name the agent and tests used while this was a test-only stand-in.
+HashTaskEmbedder = SentenceCodeEmbedder
 
 
 # ---------------------------------------------------------------------------------------------------------
