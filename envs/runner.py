@@ -415,8 +415,15 @@ class VectorRunner:
         self._results = []
         self._counts = {"success": 0, "failure": 0, "error": 0}
         self._on_result = on_result
+        # The bar counts env steps against the step budget (sum of caps) so it moves inside long episodes;
+        # an episode that ends early adds its unused budget, so the ETA is an upper bound.
+        self._n_episodes = len(episodes)
         self._bar = tqdm(
-            total=len(episodes), desc="episodes", unit="ep", disable=not self.progress, dynamic_ncols=True
+            total=sum(ep.env.max_steps for ep in episodes),
+            desc="env steps",
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
         )
         try:
             self.policy.reset(seed=None)
@@ -582,6 +589,7 @@ class VectorRunner:
         a.reward += reward
         a.env_step_s += dt
         a.success = a.success or success
+        self._bar.update(1)
         self._capture(a, obs)
         if a.success:
             self._finish(slot, "success")  # frozen: this env is not stepped again for the episode
@@ -612,6 +620,7 @@ class VectorRunner:
             self._restart(slot)
             if a.attempt < self.retries:
                 self._retry[slot] = (ep, a.attempt + 1, a.errors)
+                self._bar.total += a.step  # the retry steps again
                 return
         else:
             self._states[slot] = SlotState.IDLE
@@ -655,8 +664,11 @@ class VectorRunner:
         c = self._counts
         done = c["success"] + c["failure"]
         rate = f"{100.0 * c['success'] / done:.1f}%" if done else "-"
-        self._bar.set_postfix_str(f"success {c['success']}/{done} ({rate}) errors {c['error']}")
-        self._bar.update(1)
+        self._bar.set_postfix_str(
+            f"episodes {done + c['error']}/{self._n_episodes} success {c['success']}/{done} ({rate}) "
+            f"errors {c['error']}"
+        )
+        self._bar.update(max(0, ep.env.max_steps - a.step))  # unused budget of this episode
         if self._on_result is not None:
             self._on_result(result)
 
