@@ -82,6 +82,5 @@ class RandomPolicy:
         return out
 
 
-# name -> factory. 3/6 adds "zipmo", 4/6 adds "scripted" and "replay" (they need more arguments, so the
-# rollout command builds those itself).
+# name -> factory of the policies that take no options (`policy.factory` builds the others from their options).
 SIMPLE_POLICIES = {"random": RandomPolicy, "zero": ZeroPolicy}

@@ -52,4 +52,17 @@ SUB_BENCHMARKS: dict[str, SubBenchmark] = {
         run=_lazy("agent", "run_agent"),
         format=_lazy("agent", "format_agent"),
     ),
+    "env": SubBenchmark(
+        help="LIBERO env: construction, soft/hard reset, memory per env process, steps/s per image size, "
+        "numba JIT cost (one fresh process per measurement)",
+        add_arguments=_lazy("env", "env_arguments"),
+        run=_lazy("env", "run_env"),
+        format=_lazy("env", "format_env"),
+    ),
+    "runner": SubBenchmark(
+        help="vector runner vs raw LiberoEnv loop: env steps/s with 1 and 2 processes, runner overhead",
+        add_arguments=_lazy("runner", "runner_arguments"),
+        run=_lazy("runner", "run_runner"),
+        format=_lazy("runner", "format_runner"),
+    ),
 }

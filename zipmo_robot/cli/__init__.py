@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command whose module is not built yet
+        except ModuleNotFoundError as exc:  # a command whose module is absent from this install is left out
             if exc.name != module_name:
                 raise
             continue
