@@ -2,10 +2,11 @@
 (`--policy replay --demo FILE`).
 
 The scripted expert needs privileged simulator state, which the runner's observations do not carry. It keeps
-a *shadow* state-only LIBERO env per runner slot, reset to the same init state as the real episode and stepped
-with the same (float32-rounded) actions. LIBERO is deterministic across processes (LIBERO_SETUP.md,
-"Determinism"), so the shadow follows the real env exactly; each step checks this against the observed joint
-positions and counts divergences (`self.divergences`).
+a *shadow* state-only LIBERO env per runner slot, reset as the runner resets the real env (same env seed,
+`RowInfo.env_seed`, which fixes the scene; same init state) and stepped with the same (float32-rounded) actions.
+LIBERO is deterministic across processes (LIBERO_SETUP.md, "Determinism"), so the shadow follows the real env
+exactly; each step compares the shadow's observed joint positions with the real ones and counts divergences
+(`self.divergences`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class ScriptedPolicy:
         self.seed_offset = seed_offset
         self._shadows: dict[int, Any] = {}  # slot -> LiberoEnv (state-only)
         self._experts: dict[int, Any] = {}
+        self._joints: dict[int, np.ndarray] = {}  # slot -> the shadow's last observed joint positions (7,)
         self.divergences = 0
 
     def reset(self, seed: int | None = None) -> None:
         self._experts.clear()
+        self._joints.clear()
 
     def close(self) -> None:
         """Close every shadow env (and say so if a shadow ever lost sync with its real env)."""
@@ -79,15 +82,17 @@ class ScriptedPolicy:
             env = self._shadow(row)
             if row.new_episode or row.slot not in self._experts:
                 # the real env's reset call: the env seed fixes the scene, the init state the objects
-                env.reset(seed=row.env_seed, options={"init_state_id": row.init_state_id})
+                shadow_obs, _ = env.reset(seed=row.env_seed, options={"init_state_id": row.init_state_id})
+                self._joints[row.slot] = shadow_obs["joint_states"]
                 rng = np.random.default_rng(row.seed + self.seed_offset)
                 self._experts[row.slot] = PickPlaceExpert.for_env(env.raw.env, rng=rng)
+            # the same observable on both sides (robosuite's `robot0_joint_pos` is not `_joint_positions`)
             if "joint_states" in obs:
-                shadow_q = env.raw.env.robots[0]._joint_positions
-                if np.abs(np.asarray(obs["joint_states"][i]) - shadow_q).max() > SYNC_TOLERANCE:
+                if np.abs(np.asarray(obs["joint_states"][i]) - self._joints[row.slot]).max() > SYNC_TOLERANCE:
                     self.divergences += 1
             action = np.clip(self._experts[row.slot].act(env.raw.env), -1.0, 1.0).astype(np.float32)
-            env.raw.step(action.astype(np.float64))
+            shadow_obs, *_ = env.step(action)
+            self._joints[row.slot] = shadow_obs["joint_states"]
             out[i] = action
         return out
 
