@@ -13,6 +13,9 @@ order, `randn(1, L, C)` then the dummy `randn(1, 1, 5)`. An episode's actions th
 which other episodes share its batch, and at batch 1 the stream is exactly the official one (the parity
 fixtures check this).
 
+Sampling is the planner's one sampler (`models/planner.py`: `draw_noise`, `prepare_sampling`, `euler`), the same
+code `MotionPlanner.sample`, `zipmo-robot bench` and plan generation for training run.
+
 Numerics (appendix C): the planner runs under bf16 autocast by default on every device, as the official
 `act` does (on CPU too); `precision="fp32"` turns autocast off. The head and the ensembling run outside
 autocast (fp32; float64 ensembling). The official evaluation enables TF32 matmuls on GPU; this module leaves
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,9 +36,9 @@ from zipmo_robot.policy.ensembling import TemporalEnsembler
 from zipmo_robot.policy.head import InverseDynamicsHead
 from zipmo_robot.policy.overlay import draw_plan, overlay_query_grid
 
+from zipmo_robot.models.planner import PRECISIONS, sampling_autocast  # noqa: F401 (PRECISIONS: re-export)
 from zipmo_robot.models.text import HashTaskEmbedder  # noqa: F401 (moved; re-exported for old imports)
 
-PRECISIONS = ("bf16", "fp32")
 STAGES = ("preprocess_s", "encode_s", "plan_s", "head_s", "overlay_s")
 CAMERAS = ("agentview", "robot0_eye_in_hand")  # view order of the planner (view 0 = agentview)
 
@@ -115,8 +117,7 @@ class RollingReplanner:
         overlay_stride: int = 4,
         overlay_queries: int = 80,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        sampling_autocast(precision, "cpu")  # the one precision check (ValueError naming the choices)
         if nfe < 1:
             raise ValueError(f"nfe (Euler steps) must be >= 1, got {nfe}")
         self.planner = planner.eval()
@@ -134,7 +135,7 @@ class RollingReplanner:
         self.device = next(head.parameters()).device
         pcfg = planner.cfg
         self.num_views = pcfg.num_views
-        self.latent_shape = (pcfg.num_views * pcfg.vae.latent_grid**2, pcfg.vae.latent_dim)
+        self.latent_shape = planner.latent_shape
         self.uses_episode_step = bool(pcfg.use_step_token)
         self.horizon = head.config.chunk_len
         self._rows: dict[int, _Row] = {}
@@ -215,43 +216,26 @@ class RollingReplanner:
         the planner output (the noise is still drawn), as the injected-latent parity records do."""
         t0 = time.perf_counter()
         dev = self.device
+        planner = self.planner
         rows = [self._rows[s] for s in slots]
         b = len(rows)
         frames = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
         frames = frames.to(dev, torch.float32) / 127.5 - 1.0  # (B, V, H, W, 3) in [-1, 1]
         prop = torch.as_tensor(np.asarray(proprio) if not torch.is_tensor(proprio) else proprio)
         prop = prop.to(dev, torch.float32)
-        noise, dummy = [], []
-        for row in rows:
-            noise.append(torch.randn((1, *self.latent_shape), generator=row.generator, device=dev))
-            dummy.append(torch.randn((1, 1, 5), generator=row.generator, device=dev))
-        z, track_conds = torch.cat(noise), torch.cat(dummy)
+        z, track_conds = planner.draw_noise([row.generator for row in rows], dev)  # official order per row
         start_t = torch.tensor([row.step for row in rows], dtype=torch.int64, device=dev)
         txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
         t_pre = time.perf_counter()
 
-        autocast = (
-            torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-        )
-        planner = self.planner
+        autocast = sampling_autocast(self.precision, dev)
         with autocast:
-            cond = planner.conditioning(frames, track_conds=track_conds, txt_emb=txt, start_t=start_t)
-            cond = planner.prepare(cond)
-            uncond = None
-            if self.cfg_scale > 1.0:
-                uncond = planner.prepare(planner.unconditioning(cond, start_t=start_t))
+            guidance = planner.prepare_sampling(
+                frames, track_conds=track_conds, txt_emb=txt, start_t=start_t, cfg_scale=self.cfg_scale
+            )
             t_enc = time.perf_counter()
             if latents_override is None:
-                x = z
-                dt = torch.full((b, 1, 1), 1 / self.nfe, dtype=z.dtype, device=dev)
-                for k in range(self.nfe, 0, -1):
-                    t = torch.full((b,), k / self.nfe, dtype=z.dtype, device=dev)
-                    v = planner.predict_velocity(x, t, cond)
-                    if uncond is not None:
-                        v_u = planner.predict_velocity(x, t, uncond)
-                        v = v_u + self.cfg_scale * (v - v_u)
-                    x = x - dt * v
-                latents = x
+                latents = planner.euler(z, guidance, self.nfe)
             else:
                 latents = latents_override.to(dev, torch.float32)
         if dev.type == "cuda":

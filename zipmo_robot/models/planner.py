@@ -26,14 +26,36 @@ checkpoint turns them all on, our checkpoints store their choice in config.json)
   Q17   sparse pokes: zero padding to n_cond (eval), last-Poisson(2.5) dropping (train): `poke_tokens`.
   Q19   DINO squash-resize: `dino.better_resize`. Q20 two DINO copies: `checkpoints` (shared if identical).
 
-Hot path (issue item 9): `sample` computes the image features, text/poke tokens, the image-token projection
-and every cross-attention key/value once per call, skips the unconditional pass when the guidance scale is
-<= 1, and runs under `torch.inference_mode`. Autocast is the caller's business (the agent turns on bf16).
+The one sampler (used by `sample`, the LIBERO agent `policy.agent.RollingReplanner`, `zipmo-robot bench` and
+behavioural-cloning plan generation for the policy head):
+
+    z, dummy = planner.draw_noise(generators, device)   # LIBERO: one torch.Generator per row
+    with torch.inference_mode(), sampling_autocast(precision, device):   # precision "bf16" (official) | "fp32"
+        guidance = planner.prepare_sampling(frames, track_conds=dummy, txt_emb=txt, start_t=step, cfg_scale=1.0)
+        latents = planner.euler(z, guidance, steps)       # normalised latents (B, L, C), fp32
+
+  frames (B, V, H, W, 3) float in [-1, 1] (uint8 / 127.5 - 1; open-domain: (B, H, W, 3)), view 0 = agentview;
+  txt (B, 1, E) or (B, E) task embeddings (E = `dino.embed_dim`, BERT's 768 at release); step (B,) int64
+  episode steps (Tra-MoE only; int64 keeps quirk Q5); z (B, L, C) fp32 with L = V*G*G, C = latent_dim
+  (`latent_shape`); dummy (B, 1, 5) the official dummy pokes (LIBERO ignores their values; pass them as
+  the official code does: they consume the generator and set the text token's dtype). `draw_noise` draws, per row and in this order, the noise then the dummy from
+  that row's generator (the official stream at batch 1; rows independent of each other); it advances each
+  generator by one call, so seed a generator once per episode (agent) or per sample (plan generation). Steps:
+  `policy.config.PolicyConfig.nfe` (10 released). The head takes `latents` as they are (never decoded).
+  `prepare_sampling` computes the conditioning once (DINO on every view, text/step token, the image-token
+  projection, every layer's cross-attention k/v; the unconditional branch only when cfg_scale > 1); `euler`
+  runs the loop in the caller's autocast and grad mode: t and dt in z's dtype (fp32), so the Euler update
+  promotes the bf16 velocity back to fp32 and the trajectory stays fp32 (official). Outputs made under
+  `inference_mode` are inference tensors: `.clone()` them outside it before they enter an autograd graph (or
+  generate plans under `torch.no_grad()` instead). `sample(z, frames, ..., sample_steps, cfg_scale)` is the
+  official API (prepare + euler under inference mode, optional decode); its step default is the official 50.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -45,6 +67,12 @@ from zipmo_robot.models.rope import centers, make_axial_pos_2d
 from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
 VARIANTS = ("sparse", "dense", "libero_atm", "libero_tramoe")
+# The official `sample(..., sample_steps=50)` default (open-domain scripts). The LIBERO agent's count is the
+# policy's knob, `policy.config.PolicyConfig.nfe` (10 released); sampling settings are not model config.
+OFFICIAL_SAMPLE_STEPS = 50
+# Planner numerics of the agent and of plan generation: "bf16" = bf16 autocast over fp32 weights (the official
+# `act`, on CPU too), "fp32" = no autocast.
+PRECISIONS = ("bf16", "fp32")
 
 # Per-variant defaults of the official partials (§5.2, §5.3).
 _N_COND = {"sparse": 16, "dense": 40, "libero_atm": 1, "libero_tramoe": 1}
@@ -77,8 +105,6 @@ class PlannerConfig:
             (10.0*3.14 and 10π, as in the official code).
         vae_shift / vae_scale / latent_target_var: latent normalisation `(z - shift) * sqrt(target/scale)`
             (-0.175, 11.6, 0.5; hard-coded officially, not stored in checkpoints).
-        cfg_scale: default classifier-free guidance scale (1.0 = no unconditional pass).
-        sample_steps: default Euler steps (50; the LIBERO agent uses 10).
         time_sampling: training flow-time distribution, "logit_normal" (official: sigmoid(N(0, 1))) or
             "uniform".
         vae / dino: the embedded VAE's sizes and the planner's own image encoder; the cross-attention and
@@ -115,8 +141,6 @@ class PlannerConfig:
     vae_shift: float = -0.175
     vae_scale: float = 11.6
     latent_target_var: float = 0.5
-    cfg_scale: float = 1.0
-    sample_steps: int = 50
     time_sampling: str = "logit_normal"
     vae: VAEConfig = field(default_factory=VAEConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -216,6 +240,26 @@ class Conditioning:
     contexts: list | None = None
 
 
+@dataclass
+class Guidance:
+    """What the Euler loop needs besides the noise: the prepared conditional branch, the prepared
+    unconditional branch (None when `scale <= 1`: no unconditional pass) and the guidance scale."""
+
+    cond: Conditioning
+    uncond: Conditioning | None
+    scale: float
+
+
+def sampling_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a planner precision (`PRECISIONS`) on `device`: bf16 autocast for "bf16"
+    (on every device type, as the official `act`), nothing for "fp32"; anything else raises ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (bf16 = official)")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model
 
@@ -273,6 +317,11 @@ class MotionPlanner(nn.Module):
     @property
     def n_views(self) -> int:
         return 1
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(L, C) of the planner's latents: L = n_views * G*G tokens (view 0 first), C channels."""
+        return self.n_views * self.cfg.vae.n_latents, self.cfg.vae.latent_dim
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -402,7 +451,43 @@ class MotionPlanner(nn.Module):
         v = self.out_proj.proj(h[:, :L])
         return -v if self.cfg.paper_time_convention else v
 
-    # -- sampling --------------------------------------------------------------------------------------
+    # -- sampling (the one Euler/CFG sampler: `sample`, the agent, `bench`, behavioural-cloning plans) -----
+    def prepare_sampling(
+        self,
+        start_frame: torch.Tensor,
+        track_conds: torch.Tensor | None = None,
+        txt_emb: torch.Tensor | None = None,
+        start_t: torch.Tensor | None = None,
+        cfg_scale: float = 1.0,
+    ) -> Guidance:
+        """Static conditioning of one sampling call, computed once: image features, text/poke (and step)
+        tokens, the image-token projection and every layer's cross-attention k/v; the unconditional branch
+        only when `cfg_scale > 1`. Inputs as `sample`. Runs in the caller's grad/autocast mode."""
+        cond = self.prepare(
+            self.conditioning(start_frame, track_conds=track_conds, txt_emb=txt_emb, start_t=start_t)
+        )
+        s = float(cfg_scale)
+        uncond = self.prepare(self.unconditioning(cond, start_t=start_t)) if s > 1.0 else None
+        return Guidance(cond, uncond, s)
+
+    def euler(self, z: torch.Tensor, guidance: Guidance, steps: int) -> torch.Tensor:
+        """Euler-integrate from noise `z (B, L, C)` to normalised latents (B, L, C) in `steps` velocity
+        evaluations (per branch), official convention (quirk Q7): t = k/S for k = S..1 and `x <- x - v/S`,
+        t and dt in z's dtype, CFG `v_u + s (v_c - v_u)`. Runs in the caller's grad/autocast mode."""
+        if steps < 1:
+            raise ValueError(f"the Euler sampler needs steps >= 1, got {steps}")
+        B = z.shape[0]
+        x = z
+        dt = torch.full((B, 1, 1), 1 / steps, dtype=z.dtype, device=z.device)
+        for step in range(steps, 0, -1):
+            t = torch.full((B,), step / steps, dtype=z.dtype, device=z.device)
+            v = self.predict_velocity(x, t, guidance.cond)
+            if guidance.uncond is not None:
+                v_u = self.predict_velocity(x, t, guidance.uncond)
+                v = v_u + guidance.scale * (v - v_u)
+            x = x - dt * v
+        return x
+
     @torch.inference_mode()
     def sample(
         self,
@@ -411,38 +496,23 @@ class MotionPlanner(nn.Module):
         track_conds: torch.Tensor | None = None,
         txt_emb: torch.Tensor | None = None,
         start_t: torch.Tensor | None = None,
-        sample_steps: int | None = None,
-        cfg_scale: float | None = None,
+        sample_steps: int = OFFICIAL_SAMPLE_STEPS,
+        cfg_scale: float = 1.0,
         query_pos: torch.Tensor | None = None,
         points_per_track: int | None = None,
     ) -> torch.Tensor:
-        """Euler-integrate the flow from noise `z (B, L, C)` to normalised latents (B, L, C).
+        """`prepare_sampling` + `euler` under `torch.inference_mode`: normalised latents (B, L, C) from z.
 
         With `query_pos` and `points_per_track` the latents are denormalised and decoded instead
         (open-domain: query_pos (B, Nq, 2) -> (B, Nq, T, 2); LIBERO: (B, V, Nq, 2) -> (B, V, Nq, T, 2)).
-        Conditioning is computed once; the unconditional pass runs only when the guidance scale > 1.
         """
-        S = self.cfg.sample_steps if sample_steps is None else sample_steps
-        s = self.cfg.cfg_scale if cfg_scale is None else cfg_scale
-        cond = self.prepare(
-            self.conditioning(start_frame, track_conds=track_conds, txt_emb=txt_emb, start_t=start_t)
-        )
-        uncond = self.prepare(self.unconditioning(cond, start_t=start_t)) if s > 1.0 else None
-        B = z.shape[0]
-        x = z
-        dt = torch.full((B, 1, 1), 1 / S, dtype=z.dtype, device=z.device)
-        for step in range(S, 0, -1):
-            t = torch.full((B,), step / S, dtype=z.dtype, device=z.device)
-            v = self.predict_velocity(x, t, cond)
-            if uncond is not None:
-                v_u = self.predict_velocity(x, t, uncond)
-                v = v_u + s * (v - v_u)
-            x = x - dt * v
+        guidance = self.prepare_sampling(start_frame, track_conds, txt_emb, start_t, cfg_scale)
+        x = self.euler(z, guidance, sample_steps)
         if query_pos is None:
             return x
         if points_per_track is None:
             raise ValueError("decoding needs points_per_track (frames per decoded track)")
-        return self._decode(x, query_pos, points_per_track, start_frame, cond.frame_feats)
+        return self._decode(x, query_pos, points_per_track, start_frame, guidance.cond.frame_feats)
 
     @torch.inference_mode()
     def decode(
@@ -572,6 +642,21 @@ class LiberoMotionPlanner(MotionPlanner):
         return self.start_t_mapping(
             start_t[:, None, None], official_int_cast=self.cfg.int_truncated_step_embedding
         )
+
+    def draw_noise(
+        self, generators: Sequence[torch.Generator], device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial noise of one sampling call, one generator per row, drawn in the official order: per row
+        `randn(1, L, C)` then the dummy pokes `randn(1, n_cond, 5)` (official `act`; the dummy only feeds
+        `track_conds`, quirk Q16) -> z (B, L, C) fp32 and dummy (B, n_cond, 5) fp32 on `device`.
+
+        A row's stream depends only on its own generator, so at batch 1 it is exactly the official one and
+        a row's plan never depends on the other rows of the batch. Each generator advances by one call."""
+        noise, dummy = [], []
+        for g in generators:
+            noise.append(torch.randn((1, *self.latent_shape), generator=g, device=device))
+            dummy.append(torch.randn((1, self.cfg.n_cond, 5), generator=g, device=device))
+        return torch.cat(noise), torch.cat(dummy)
 
     def _with_step(self, x_cross: torch.Tensor, start_t: torch.Tensor | None) -> torch.Tensor:
         if not self.cfg.use_step_token:
