@@ -1,67 +1,112 @@
-"""Named LIBERO evaluation protocols: the knobs a success rate depends on, and which init state and seed each
+"""Named LIBERO evaluation protocols: the knobs a success rate depends on, and which init state and seeds each
 episode gets.
 
-One explicit dict (`PROTOCOLS`), readable in one place. Values and sources: PROTOCOLS.md §1 (ATM), §2 (Tra-MoE),
-§3 (ZipMo release) and ZIPMO_REFERENCE.md §7.4. The init state and seed of an episode are pure functions of
-(protocol, task, episode index, seed): never of worker count, batch order or how many resets happened.
+One definition per preset: the YAML files of `configs/protocol/` (values and sources in PROTOCOLS.md §1-§4),
+validated by the structured-config dataclass `ProtocolConfig` registered with hydra's ConfigStore. The init
+state and seeds of an episode are pure functions of (protocol, task, episode index, seed): never of worker
+count, batch order or how many resets happened.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
-from zipmo_robot.envs.spec import DUMMY_ACTION, ORIENTATIONS, EnvConfig
+from zipmo_robot.envs.spec import ORIENTATIONS, SUITES, EnvConfig
 
 INIT_RULES: tuple[str, ...] = ("zipmo_random", "atm_blocks", "sequential")
+ENV_SEED_RULES: tuple[str, ...] = ("zipmo_workers", "fixed", "task_episode", "seed_plus_episode")
+HEADS: tuple[str, ...] = ("shared", "per_suite")
 N_INIT_STATES = 50  # every .pruned_init file of the five suites holds 50 states (PROTOCOLS.md §0)
 
+# Fields that say what to run by default (overridable selections: --suites, --episodes, --seeds) or how to
+# report, not how an episode plays out; every other field is a knob, and changing one relabels the run.
+SELECTION_FIELDS: tuple[str, ...] = ("name", "suites", "episodes_per_task", "seed", "errors_as_failures")
 
-@dataclass(frozen=True)
-class Protocol:
-    """How a suite is evaluated.
+
+def _all_suites(value: int) -> dict[str, int]:
+    return {s: value for s in SUITES}
+
+
+@dataclass
+class ProtocolConfig:
+    """How LIBERO suites are evaluated (the schema of `configs/protocol/*.yaml`).
 
     Args:
-        name: the protocol's name (key of `PROTOCOLS`).
+        name: the preset's name (file stem in configs/protocol).
+        suites: suites evaluated when the user does not choose (`--suites`).
         image_size: render size (square) of both cameras.
-        orientation: image orientation given to the policy (see `EnvConfig.orientation`).
-        settle_steps: dummy steps after `set_init_state`, inside reset.
+        policy_image_size: size the images are resized to for the policy (None: the render size).
+        orientation: "flip_vertical" (ATM/Tra-MoE/ZipMo), "rotate_180" (OpenVLA family, LeRobot) or "raw".
+        settle_steps: dummy steps after `set_init_state`, inside reset, no policy query.
         settle_action: the action of those steps (arm still, gripper open).
-        max_steps: policy steps before an episode counts as a failure.
-        episodes_per_task: episodes per task and seed when the user does not say.
+        max_steps: policy steps before an episode counts as a failure, per suite (all five suites).
+        episodes_per_task: episodes per task and seed when the user does not say (`--episodes`).
         init_rule: "zipmo_random" (`random.Random(seed + 1000*task).sample(range(50), n_parallel)`, then +1 per
             later reset of a worker, wrapping), "atm_blocks" (worker i walks the block 5i..5i+4: {0,5,...,45},
             then {1,6,...,46}, ...), "sequential" (episode e uses init state e mod 50).
-        n_parallel: the official vector width the init-state rule is defined over (10 for ATM and ZipMo).
-        seed: the protocol's default seed (ZipMo's `--seed 42`; ATM/Tra-MoE env seed 0).
+        n_parallel: the official vector width the init-state and env-seed rules are defined over.
+        seed: the default seed axis value (ZipMo `--seed 42`, ATM training seed 0, OpenVLA 7, LeRobot 1000).
+        env_seed_rule: seed of `LiberoEnv.reset`: "zipmo_workers" (seed + 1000*task + worker), "fixed"
+            (`env_seed` for every episode), "task_episode" (seed + 1000*task + episode), "seed_plus_episode"
+            (seed + episode, LeRobot's per-episode seeds).
+        env_seed: the constant of the "fixed" rule.
+        heads: "shared" (one policy for every suite) or "per_suite" (Tra-MoE: one head per suite).
+        errors_as_failures: count an episode still in `error` after its retries as a failure (the OpenVLA
+            family's convention) instead of reporting it apart.
     """
 
-    name: str
+    name: str = "custom"
+    suites: list[str] = field(default_factory=lambda: list(SUITES))
     image_size: int = 128
+    policy_image_size: int | None = None
     orientation: str = "flip_vertical"
     settle_steps: int = 5
-    settle_action: tuple[float, ...] = DUMMY_ACTION
-    max_steps: int = 600
+    settle_action: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    max_steps: dict[str, int] = field(default_factory=lambda: _all_suites(600))
     episodes_per_task: int = 10
     init_rule: str = "zipmo_random"
     n_parallel: int = 10
     seed: int = 42
+    env_seed_rule: str = "zipmo_workers"
+    env_seed: int = 0
+    heads: str = "shared"
+    errors_as_failures: bool = False
 
     def __post_init__(self) -> None:
-        if self.init_rule not in INIT_RULES:
-            raise ValueError(f"unknown init_rule {self.init_rule!r}; valid: {', '.join(INIT_RULES)}")
-        if self.orientation not in ORIENTATIONS:
-            raise ValueError(f"unknown orientation {self.orientation!r}; valid: {', '.join(ORIENTATIONS)}")
-        if self.n_parallel <= 0 or self.episodes_per_task <= 0 or self.max_steps <= 0:
-            raise ValueError(
-                f"n_parallel, episodes_per_task and max_steps must be positive, got "
-                f"{self.n_parallel}, {self.episodes_per_task}, {self.max_steps}"
-            )
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"protocol {self.name!r}: {msg}")
+
+        for attr, valid in (
+            ("init_rule", INIT_RULES),
+            ("orientation", ORIENTATIONS),
+            ("env_seed_rule", ENV_SEED_RULES),
+            ("heads", HEADS),
+        ):
+            if getattr(self, attr) not in valid:
+                raise bad(f"unknown {attr} {getattr(self, attr)!r}; valid: {', '.join(valid)}")
+        unknown = [s for s in list(self.suites) + list(self.max_steps) if s not in SUITES]
+        if unknown:
+            raise bad(f"unknown suite(s) {unknown}; valid suites: {', '.join(SUITES)}")
+        missing = [s for s in SUITES if s not in self.max_steps]
+        if missing:
+            raise bad(f"max_steps has no cap for {missing} (give one per suite)")
+        if min(self.max_steps.values()) <= 0 or self.n_parallel <= 0 or self.episodes_per_task <= 0:
+            raise bad("max_steps, n_parallel and episodes_per_task must be positive")
+        if self.settle_steps < 0 or self.image_size <= 0 or (self.policy_image_size or 1) <= 0:
+            raise bad("settle_steps must be >= 0 and image sizes positive")
+        if len(self.settle_action) != 7:
+            raise bad(f"settle_action needs 7 entries, got {len(self.settle_action)}")
         if self.init_rule == "atm_blocks" and N_INIT_STATES % self.n_parallel:
-            raise ValueError(f"atm_blocks needs n_parallel dividing {N_INIT_STATES}, got {self.n_parallel}")
-        # hydra hands lists over; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "settle_action", tuple(float(a) for a in self.settle_action))
+            raise bad(f"atm_blocks needs n_parallel dividing {N_INIT_STATES}, got {self.n_parallel}")
+        # hydra hands ListConfig/DictConfig over: plain containers keep equality and JSON simple.
+        self.suites = [str(s) for s in self.suites]
+        self.settle_action = [float(a) for a in self.settle_action]
+        self.max_steps = {s: int(self.max_steps[s]) for s in SUITES}
 
     def env_config(self, suite: str, task_id: int, **changes: Any) -> EnvConfig:
         """The `EnvConfig` of one task under this protocol (`changes` override single fields)."""
@@ -69,50 +114,95 @@ class Protocol:
             suite=suite,
             task_id=task_id,
             image_size=self.image_size,
+            policy_image_size=self.policy_image_size,
             orientation=self.orientation,
             settle_steps=self.settle_steps,
-            settle_action=self.settle_action,
-            max_steps=self.max_steps,
+            settle_action=tuple(self.settle_action),
+            max_steps=self.max_steps[suite],
         )
         return replace(cfg, **changes) if changes else cfg
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["settle_action"] = list(self.settle_action)
-        return d
+        return asdict(self)
+
+    def knobs(self) -> dict[str, Any]:
+        """The fields that decide how an episode plays out (everything but the selections)."""
+        return {k: v for k, v in self.to_dict().items() if k not in SELECTION_FIELDS}
+
+    def knob_hash(self) -> str:
+        """Content hash of the knobs (16 hex digits): equal hashes, equal episodes."""
+        text = json.dumps(self.knobs(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def changed_knobs(self) -> dict[str, Any]:
+        """Knobs that differ from the preset this config names, flattened (`max_steps.libero_10`): {} when the
+        run is the preset itself, or when the name is not a preset."""
+        if self.name not in preset_names():
+            return {}
+        ref, mine = _flatten(load_preset(self.name).knobs()), _flatten(self.knobs())
+        return {k: v for k, v in mine.items() if ref.get(k) != v}
+
+    def label(self) -> str:
+        """ "<preset>" or "<preset>+overrides" when any knob was changed (never the bare preset name then)."""
+        return f"{self.name}+overrides" if self.changed_knobs() else self.name
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    # ZipMo's released evaluation: 10 episodes per task and seed, 10 distinct random init states per task
-    # (scripts/eval_libero_policy.py, build_libero_env; PROTOCOLS.md §3).
-    "zipmo_release": Protocol(name="zipmo_release", episodes_per_task=10, init_rule="zipmo_random", seed=42),
-    # ATM: 20 episodes per task on the fixed states {0,1,5,6,...,45,46}, env seed 0 (PROTOCOLS.md §1).
-    "atm": Protocol(name="atm", episodes_per_task=20, init_rule="atm_blocks", seed=0),
-    # Tra-MoE: the ATM engine unchanged (PROTOCOLS.md §2).
-    "tramoe": Protocol(name="tramoe", episodes_per_task=20, init_rule="atm_blocks", seed=0),
-    # `zipmo-robot rollout` without --protocol: the ZipMo env knobs, init states 0, 1, 2, ... so a short run
-    # is easy to reason about (and init state 0 is the golden frame's).
-    "default": Protocol(name="default", episodes_per_task=10, init_rule="sequential", seed=42),
-}
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def get_protocol(name: str) -> Protocol:
-    """The named protocol; an unknown name raises `KeyError` listing the known ones."""
-    if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+def register_schemas(cs: Any) -> None:
+    """Store `ProtocolConfig` as `protocol/schema`: every preset YAML lists it first in its defaults."""
+    cs.store(group="protocol", name="schema", node=ProtocolConfig)
 
 
-def protocol_from_dict(d: dict[str, Any]) -> Protocol:
-    """Build a `Protocol` from a config mapping (e.g. `configs/protocol/<name>.yaml`); unknown keys raise."""
-    known = {f.name for f in fields(Protocol)}
+def preset_dir() -> Path:
+    """configs/protocol of the installed package."""
+    from importlib.resources import files
+
+    return Path(str(files("zipmo_robot.configs") / "protocol"))
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in configs/protocol (file stems)."""
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def protocol_from_dict(d: Any) -> ProtocolConfig:
+    """Validate a mapping (a composed `protocol` node or a plain dict) against the schema; unknown keys raise
+    `ValueError` naming them."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(d, DictConfig):
+        d = OmegaConf.to_container(d, resolve=True)
+    d = {k: v for k, v in dict(d).items() if k != "defaults"}
+    known = {f.name for f in fields(ProtocolConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown protocol field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
-    return Protocol(**d)
+    return ProtocolConfig(**d)
 
 
-def init_state_for(protocol: Protocol, task_id: int, episode_index: int, seed: int) -> int:
+def load_preset(name: str) -> ProtocolConfig:
+    """A preset of configs/protocol, validated; an unknown name raises `KeyError` listing the known ones."""
+    from omegaconf import OmegaConf
+
+    path = preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown protocol {name!r}; known protocols: {', '.join(preset_names())}")
+    return protocol_from_dict(OmegaConf.load(path))
+
+
+get_protocol = load_preset
+
+
+def init_state_for(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: int) -> int:
     """The init-state index (0..49) of episode `episode_index` of task `task_id` (pure function).
 
     Episode e plays worker `e % n_parallel` at its reset number `e // n_parallel`, as in the official loops.
@@ -134,22 +224,24 @@ def init_state_for(protocol: Protocol, task_id: int, episode_index: int, seed: i
     return (first[worker] + n_reset) % N_INIT_STATES
 
 
-def env_seed(protocol: Protocol, task_id: int, episode_index: int, seed: int) -> int:
+def env_seed(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: int) -> int:
     """The seed given to `LiberoEnv.reset` (pure function).
 
     LIBERO re-places the fixed furniture at every reset from numpy's global RNG, so the scene layout depends on
-    this seed, not only on the init state. ZipMo seeds worker i of task t with `seed + 1000*t + i`
-    (`build_libero_env`); ATM/Tra-MoE build every worker with `env.seed(0)`. Later resets of an official worker
-    continue its RNG stream, which a per-episode seed cannot reproduce; the first reset of each worker matches.
+    this seed, not only on the init state. Later resets of an official worker continue its RNG stream, which a
+    per-episode seed cannot reproduce; the first reset of each worker matches.
     """
-    if protocol.init_rule == "atm_blocks":
-        return 0
-    if protocol.init_rule == "zipmo_random":
+    rule = protocol.env_seed_rule
+    if rule == "fixed":
+        return protocol.env_seed
+    if rule == "zipmo_workers":
         return seed + 1000 * task_id + episode_index % protocol.n_parallel
+    if rule == "seed_plus_episode":
+        return seed + episode_index
     return seed + 1000 * task_id + episode_index
 
 
-def episode_seed(protocol: Protocol, task_id: int, episode_index: int, seed: int) -> int:
+def episode_seed(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: int) -> int:
     """The seed of the policy's per-row generator for one episode.
 
     ZipMo's `rollout_seed = seed + 100000*task + rollout_i` (ZIPMO_REFERENCE.md §7.5), with the episode index

@@ -42,9 +42,15 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def episode_key(record: dict[str, Any]) -> tuple[str, int, int]:
-    """(suite, task_id, episode_index): what identifies an episode within one settings hash."""
-    return (record["suite"], int(record["task_id"]), int(record["episode_index"]))
+def episode_key(record: dict[str, Any]) -> tuple[str, int, int | None, int]:
+    """(suite, task_id, run seed, episode_index): the cell an episode record belongs to (engine.Cell.key)."""
+    seed = record.get("run_seed")
+    return (
+        record["suite"],
+        int(record["task_id"]),
+        None if seed is None else int(seed),
+        int(record["episode_index"]),
+    )
 
 
 def package_versions() -> dict[str, str | None]:
@@ -141,23 +147,30 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def latest_records(records: Iterable[dict[str, Any]], settings: str | None = None) -> dict[tuple, dict]:
-    """The last record per episode key (a rerun after an `error` replaces it), optionally of one settings hash."""
+def _hashes(settings: str | Iterable[str]) -> set[str]:
+    return {settings} if isinstance(settings, str) else set(settings)
+
+
+def latest_records(
+    records: Iterable[dict[str, Any]], settings: str | Iterable[str] | None = None
+) -> dict[tuple, dict]:
+    """The last record per cell (a rerun after an `error` replaces it), optionally of some settings hashes."""
+    keep = None if settings is None else _hashes(settings)
     out: dict[tuple, dict] = {}
     for r in records:
-        if settings is None or r.get("settings_hash") == settings:
+        if keep is None or r.get("settings_hash") in keep:
             out[episode_key(r)] = r
     return out
 
 
-def completed_keys(path: str | os.PathLike, settings: str) -> set[tuple[str, int, int]]:
-    """Episodes of `path` with these settings that ended in success or failure (errors are run again)."""
+def completed_keys(path: str | os.PathLike, settings: str | Iterable[str]) -> set[tuple]:
+    """Cells of `path` with these settings that ended in success or failure (errors are run again)."""
     return {k for k, r in latest_records(read_results(path), settings).items() if r["status"] != "error"}
 
 
-def foreign_settings(path: str | os.PathLike, settings: str) -> set[str]:
+def foreign_settings(path: str | os.PathLike, settings: str | Iterable[str]) -> set[str]:
     """Settings hashes in `path` other than `settings` (a resume into a folder of a different run)."""
-    return {r.get("settings_hash", "?") for r in read_results(path)} - {settings}
+    return {r.get("settings_hash", "?") for r in read_results(path)} - _hashes(settings)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
-"""`run_rollout(cfg, policy)`: evaluate a policy on LIBERO tasks with the vector runner, writing results as
-episodes finish.
+"""`run_rollout(cfg, policy)`: `zipmo-robot rollout`, the one-suite, one-seed case of the evaluation engine
+(eval/engine.py).
 
 Files in the output folder: `config.yaml` (the fully resolved config), `results.jsonl` (one record per finished
-episode, appended and fsynced), `summary.json` (rewritten atomically after every episode; `complete: true` at
-the end) and `videos/*.mp4`. A killed run resumes: rerunning with the same settings and `--out` skips the
-episodes already recorded (episodes that ended in `error` are run again).
+episode, appended and fsynced), `cells.json`, `summary.json` (rewritten atomically after every episode;
+`complete: true` at the end) and `videos/*.mp4`. A killed run resumes: rerunning with the same settings and
+`--out` skips the episodes already recorded (episodes that ended in `error` are run again).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ def _to_container(cfg: Any) -> dict[str, Any]:
 
 
 def parse_tasks(tasks: Any, n_tasks: int, suite: str) -> list[int]:
-    """Task ids from None ("all"), "all", "0,3", "2-5", an int or a list; unknown ids raise `UserError`."""
+    """Task ids from None ("all"), "all", "0,3", "2-5", an int or a list; malformed ids raise `UserError`
+    (unknown ids are checked by `check_task_ids`)."""
     if tasks is None or tasks == "all":
         return list(range(n_tasks))
     if isinstance(tasks, int):
@@ -52,25 +52,35 @@ def parse_tasks(tasks: Any, n_tasks: int, suite: str) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def check_task_ids(suite: str, ids: list[int]) -> None:
+    """Unknown task ids raise one compact `UserError`: the valid range, and how to list the instructions."""
+    from zipmo_robot.envs.suites import list_tasks
+
+    n = len(list_tasks(suite))
+    bad = [t for t in ids if not 0 <= t < n]
+    if bad:
+        raise UserError(
+            f"unknown task id{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} for suite {suite!r}; "
+            f"valid ids are 0..{n - 1} (list them with: zipmo-robot rollout --suite {suite} --list-tasks)"
+        )
+
+
 def resolve_config(cfg: Any) -> Any:
-    """Fill every null of the rollout config that has a derived value (seed, episodes, sizes, out, tasks), so
-    the `config.yaml` written beside the results is exactly what ran. Unknown suite/task raise `UserError`."""
+    """Fill every null of the rollout config that has a derived value (seed, episodes, caps, out, tasks) and
+    fold `image_size`/`max_steps` into the protocol, so the `config.yaml` written beside the results is exactly
+    what ran. Unknown suite/task or a policy that cannot act on a task raise `UserError` (before any env)."""
     from omegaconf import OmegaConf, open_dict
-    from zipmo_robot.envs.suites import check_suite, get_task, list_tasks
+    from zipmo_robot.envs.suites import check_suite, list_tasks
+    from zipmo_robot.eval.policies import check_support
     from zipmo_robot.eval.protocols import protocol_from_dict
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    try:
-        protocol = protocol_from_dict(OmegaConf.to_container(cfg.protocol))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad protocol config: {exc}") from exc
     if cfg.policy is None:
         raise UserError("no policy given: pass --policy (or policy=NAME)")
     check_suite(cfg.suite)
     n_tasks = len(list_tasks(cfg.suite))
     tasks = parse_tasks(cfg.tasks, n_tasks, cfg.suite)
-    for t in tasks:
-        get_task(cfg.suite, t)  # raises UserError listing the valid ids
+    check_task_ids(cfg.suite, tasks)
     for name in ("episodes", "num_envs", "image_size", "max_steps"):
         value = cfg[name]
         if value is not None and int(value) <= 0:
@@ -78,13 +88,22 @@ def resolve_config(cfg: Any) -> Any:
     if cfg.retries is not None and int(cfg.retries) < 0:
         raise UserError(f"--retries must be >= 0, got {cfg.retries}")
     with open_dict(cfg):
+        if cfg.image_size is not None:
+            cfg.protocol.image_size = int(cfg.image_size)
+        if cfg.max_steps is not None:
+            for suite in cfg.protocol.max_steps:
+                cfg.protocol.max_steps[suite] = int(cfg.max_steps)
+    try:
+        protocol = protocol_from_dict(cfg.protocol)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad protocol config: {exc}") from exc
+    check_support(str(cfg.policy), {cfg.suite: tasks})
+    with open_dict(cfg):
         cfg.tasks = tasks
         cfg.seed = int(protocol.seed if cfg.seed is None else cfg.seed)
         cfg.episodes = int(cfg.episodes or protocol.episodes_per_task)
-        cfg.image_size = int(cfg.image_size or protocol.image_size)
-        cfg.max_steps = int(cfg.max_steps or protocol.max_steps)
-        cfg.protocol.image_size = cfg.image_size
-        cfg.protocol.max_steps = cfg.max_steps
+        cfg.image_size = protocol.image_size
+        cfg.max_steps = protocol.max_steps[cfg.suite]
         if cfg.out is None:
             cfg.out = str(DEFAULT_RUNS_DIR / f"{cfg.suite}-{cfg.policy}-{protocol.name}-seed{cfg.seed}")
     return cfg
@@ -105,116 +124,88 @@ def outcome_settings(cfg: Any) -> dict[str, Any]:
     }
 
 
+def _cells(c: dict[str, Any]) -> list[Any]:
+    from zipmo_robot.eval.engine import plan_cells
+
+    return plan_cells([c["suite"]], {c["suite"]: list(c["tasks"])}, [int(c["seed"])], int(c["episodes"]))
+
+
 def plan_episodes(cfg: Any) -> list[Any]:
-    """Every episode of the run, task-major: `Episode(EnvConfig, episode_index, init_state_id, seed)`."""
-    from zipmo_robot.envs.runner import Episode
-    from zipmo_robot.eval.protocols import env_seed, episode_seed, init_state_for, protocol_from_dict
+    """Every episode of a resolved config, task-major: the runner's `Episode` work items."""
+    from zipmo_robot.eval.engine import cell_episode
+    from zipmo_robot.eval.protocols import protocol_from_dict
 
     c = _to_container(cfg)
     protocol = protocol_from_dict(c["protocol"])
-    episodes = []
-    for task_id in c["tasks"]:
-        env_cfg = protocol.env_config(c["suite"], int(task_id))
-        for e in range(int(c["episodes"])):
-            episodes.append(
-                Episode(
-                    env=env_cfg,
-                    episode_index=e,
-                    init_state_id=init_state_for(protocol, task_id, e, c["seed"]),
-                    seed=episode_seed(protocol, task_id, e, c["seed"]),
-                    env_seed=env_seed(protocol, task_id, e, c["seed"]),
-                )
-            )
-    return episodes
+    return [cell_episode(protocol, cell) for cell in _cells(c)]
 
 
 def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dict[str, Any]:
     """Run the rollout described by `cfg` (a composed `configs/rollout.yaml`) with `policy`; returns the summary.
 
-    `episodes` replaces the planned episode list (tests use it to inject faults).
+    `episodes` replaces the planned work items of the same (suite, task, episode) (tests inject faults).
     """
     from zipmo_robot.configs import save_resolved
-    from zipmo_robot.envs.runner import VectorRunner
-    from zipmo_robot.envs.setup import ensure_libero
-    from zipmo_robot.envs.video import write_episode_video
-    from zipmo_robot.eval import reports
+    from zipmo_robot.eval.engine import PolicyGroup, RunOptions, run_cells, stamp_hash
+    from zipmo_robot.eval.protocols import protocol_from_dict
 
     cfg = resolve_config(cfg)
     c = _to_container(cfg)
     out = Path(c["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_libero(c["assets"])  # fail fast (missing assets) before any worker starts
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a folder; give a folder path for the results")
+    protocol = protocol_from_dict(c["protocol"])
     settings = outcome_settings(cfg)
-    s_hash = reports.settings_hash(settings)
-    results_path = out / reports.RESULTS_FILE
-
-    if results_path.exists() and not c["resume"]:
-        stale = out / f"results.{time.strftime('%Y%m%d-%H%M%S')}.jsonl.old"
-        results_path.rename(stale)
-    foreign = reports.foreign_settings(results_path, s_hash)
-    if foreign:
-        raise UserError(
-            f"{results_path} holds episodes run with other settings (hash {', '.join(sorted(foreign))}; this run "
-            f"is {s_hash}: protocol, seed, policy or its options differ). Use another --out, or add resume=false "
-            f"to start over (the old file is kept beside it)."
-        )
-    save_resolved(cfg, out)
-
-    planned = plan_episodes(cfg) if episodes is None else list(episodes)
-    done = reports.completed_keys(results_path, s_hash)
-    todo = [ep for ep in planned if ep.key not in done]
-    planned_keys = {ep.key for ep in planned}
-    if len(todo) < len(planned):
-        print(f"resuming in {out}: {len(planned) - len(todo)} of {len(planned)} episodes already recorded")
-
-    def current_records() -> list[dict[str, Any]]:
-        latest = reports.latest_records(reports.read_results(results_path), s_hash)
-        return [r for k, r in latest.items() if k in planned_keys]
-
+    cells = _cells(c)
+    group = PolicyGroup(
+        name="all", cells=cells, options=dict(c.get("policy_options") or {}), settings=settings
+    )
+    override = None
+    if episodes is not None:
+        by_key = {(ep.env.suite, ep.env.task_id, ep.episode_index): ep for ep in episodes}
+        override = {cell: by_key.get((cell.suite, cell.task_id, cell.episode_index)) for cell in cells}
+    stamp = {
+        "protocol": protocol.label(),
+        "protocol_hash": protocol.knob_hash(),
+        "protocol_overrides": protocol.changed_knobs(),
+        "policy": c["policy"],
+    }
+    s_hash = group.settings_hash
+    planned = {cell.key for cell in cells}
+    records: dict[tuple, dict] = {}
     extra = {"output_dir": str(out), "settings_hash_inputs": settings}
+    from zipmo_robot.eval import reports
 
     def write_summary(complete: bool) -> dict[str, Any]:
-        reports.write_summary(out, current_records(), c, settings_hash=s_hash, complete=complete, extra=extra)
-        return reports.summarize(current_records())
+        current = [r for k, r in records.items() if k in planned]
+        reports.write_summary(out, current, c, settings_hash=s_hash, complete=complete, extra=extra)
+        return reports.summarize(current)
 
-    writer = reports.ResultsWriter(results_path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    results_path = out / reports.RESULTS_FILE
+    if c["resume"]:
+        records.update(reports.latest_records(reports.read_results(results_path), s_hash))
 
-    def on_result(result: Any) -> None:
-        record = {**result.record, "settings_hash": s_hash}
-        if result.frames:
-            path = write_episode_video(
-                out / "videos",
-                result.frames,
-                suite=record["suite"],
-                task_id=record["task_id"],
-                episode_index=record["episode_index"],
-                seed=record["seed"],
-                outcome=record["status"],
-            )
-            record["video"] = str(path.relative_to(out))
-        writer.append(record)
+    def on_record(record: dict[str, Any]) -> None:
+        records[reports.episode_key(record)] = record
         write_summary(complete=False)
 
-    r = c["runner"]
-    try:
-        if todo:
-            with VectorRunner(
-                policy,
-                num_envs=min(int(c["num_envs"]), len(todo)),
-                retries=int(c["retries"]),
-                start_method=r["start_method"],
-                reset_timeout=float(r["reset_timeout"]),
-                step_timeout=float(r["step_timeout"]),
-                recycle_episodes=r["recycle_episodes"],
-                recycle_rss_gb=r["recycle_rss_gb"],
-                lockstep=bool(r.get("lockstep", False)),
-                capture_frames=bool(c["video"]),
-                progress=bool(r["progress"]),
-                assets=c["assets"],
-            ) as runner:
-                runner.run(todo, on_result=on_result)
-    finally:
-        writer.close()
+    opts = RunOptions(
+        out=out,
+        num_envs=int(c["num_envs"]),
+        retries=int(c["retries"]),
+        video=bool(c["video"]),
+        resume=bool(c["resume"]),
+        assets=c["assets"],
+        runner=dict(c["runner"]),
+    )
+    stamp["stamp_hash"] = stamp_hash(stamp)
+    final = run_cells(
+        protocol, [group], lambda g: policy, opts, stamp, on_record=on_record, episodes_override=override,
+        close_policies=False,
+    )  # fmt: skip
+    records.update({reports.episode_key(r): r for r in final})
     summary = write_summary(complete=True)
     summary["output_dir"] = str(out)
     return summary

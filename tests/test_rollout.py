@@ -65,7 +65,10 @@ def test_cli_writes_results_summary_config_and_videos(two_task_run) -> None:
     assert summary["overall"]["episodes"] == 2 and summary["overall"]["error"] == 0
     assert [t["task_id"] for t in summary["tasks"]] == [0, 3]
     assert summary["settings"]["num_envs"] == 2 and summary["settings"]["protocol"]["name"] == "zipmo_release"
-    assert summary["settings"]["max_steps"] == 5 and summary["settings"]["protocol"]["max_steps"] == 5
+    assert (
+        summary["settings"]["max_steps"] == 5
+        and summary["settings"]["protocol"]["max_steps"]["libero_spatial"] == 5
+    )
     for pkg in ("torch", "robosuite", "mujoco", "libero", "numpy"):
         assert summary["versions"][pkg], pkg
     config = (out / "config.yaml").read_text()
@@ -159,7 +162,7 @@ def test_a_worker_that_dies_is_reported_apart(tmp_path: Path) -> None:
         (["--tasks", "12"], "valid ids are 0..9"),
         (["--tasks", "two"], "bad task id"),
         (["suite=libero_100"], "valid suites: libero_spatial"),
-        (["--protocol", "openvla"], "known protocols: zipmo_release"),
+        (["--protocol", "openvla"], "known protocols: atm, default, lerobot, literature"),
         (["--episodes", "0"], "--episodes must be positive"),
     ],
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 HELP = "Roll out a policy on LIBERO tasks (parallel envs); write results.jsonl, summary.json and videos."
 
-DEFAULT_POLICY = "zipmo"  # issue 3/6: the ZipMo agent (policy.factory._make_zipmo)
+DEFAULT_POLICY = "zipmo"  # the ZipMo agent (policy.factory._make_zipmo)
 
 # flag dest -> config key (flags given on the command line become hydra overrides)
 _FLAG_KEYS: dict[str, str] = {
@@ -40,12 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--suite", choices=SUITES, help="LIBERO suite (default libero_spatial)")
     g.add_argument("--tasks", help="task ids, e.g. 0,3 or 2-5 (default: every task of the suite)")
     g.add_argument("--episodes", type=int, help="episodes per task (default: the protocol's)")
-    g.add_argument("--protocol", help="evaluation protocol: default, zipmo_release, atm, tramoe")
+    g.add_argument(
+        "--protocol", help="evaluation protocol: default, zipmo_release, atm, tramoe, literature, lerobot"
+    )
+    g.add_argument("--list-tasks", action="store_true", help="print the suite's task ids and instructions")
     g.add_argument("--seed", type=int, help="base seed (default: the protocol's)")
     g.add_argument(
         "--image-size", type=int, help="render size of both cameras (default: the protocol's, 128)"
     )
-    g.add_argument("--max-steps", type=int, help="policy steps per episode (default: the protocol's, 600)")
+    g.add_argument("--max-steps", type=int, help="policy steps per episode (default: the protocol's cap)")
     g = parser.add_argument_group("how to run it")
     g.add_argument("--num-envs", type=int, help="worker processes, 2-3 GB each (default 2)")
     g.add_argument("--retries", type=int, help="retries of an episode whose worker failed (default 2)")
@@ -82,11 +85,11 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def build_overrides(args: argparse.Namespace, overrides: list[str]) -> list[str]:
-    """Trailing hydra overrides, then one override per flag given (flags win)."""
-    out = list(overrides)
+def build_overrides(args: argparse.Namespace) -> list[str]:
+    """One hydra override per flag given (the user's trailing key=value words are applied after these)."""
+    out = []
     if args.protocol is not None:
-        out.insert(0, f"protocol={args.protocol}")
+        out.append(f"protocol={args.protocol}")
     for dest, key in _FLAG_KEYS.items():
         value = getattr(args, dest)
         if value is not None:
@@ -96,19 +99,35 @@ def build_overrides(args: argparse.Namespace, overrides: list[str]) -> list[str]
     return out
 
 
+def print_tasks(suite: str) -> None:
+    from zipmo_robot.envs.suites import list_tasks
+
+    for t in list_tasks(suite):
+        print(f"{t.task_id:>3}  {t.language}")
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
     from omegaconf import open_dict
 
-    from zipmo_robot.configs import compose
     from zipmo_robot.errors import UserError
-    from zipmo_robot.eval.protocols import PROTOCOLS
+    from zipmo_robot.eval.protocols import preset_names
     from zipmo_robot.eval.reports import print_table
     from zipmo_robot.eval.rollout import resolve_config, run_rollout
+    from zipmo_robot.eval.settings import compose_command
     from zipmo_robot.policy.factory import make_policy
 
-    if args.protocol is not None and args.protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {args.protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
-    cfg = compose("rollout", build_overrides(args, overrides))
+    if args.list_tasks:
+        print_tasks(args.suite or "libero_spatial")
+        return 0
+    if args.protocol is not None and args.protocol not in preset_names():
+        raise UserError(f"unknown protocol {args.protocol!r}; known protocols: {', '.join(preset_names())}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(
+            f"--out {args.out} is an existing file, not a folder; give a folder path for the results"
+        )
+    cfg = compose_command("rollout", overrides, build_overrides(args))
     if cfg.policy is None:
         with open_dict(cfg):
             cfg.policy = DEFAULT_POLICY

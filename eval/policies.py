@@ -1,0 +1,93 @@
+"""Which policy serves an evaluation: a built-in name (policy/factory.py) or a user's `module:Class`
+implementing the `Policy` protocol (policy/base.py), and what it supports, checked before any env is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from typing import Any
+
+from zipmo_robot.errors import UserError
+
+
+def is_user_policy(name: str) -> bool:
+    return ":" in name
+
+
+def make(name: str, options: dict[str, Any]) -> Any:
+    """A fresh policy: `policy.factory.make_policy(name, options)`, or `module:Class()` for a user policy
+    (constructed without arguments; it must implement `reset(seed)` and `act(obs, rows) -> (B, 7)`)."""
+    if not is_user_policy(name):
+        from zipmo_robot.policy.factory import make_policy
+
+        return make_policy(name, options)
+    from zipmo_robot.policy.base import Policy
+
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"--policy {name}: cannot import module {module_name!r} ({exc}); give module:Class with the "
+            "module on PYTHONPATH"
+        ) from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise UserError(f"--policy {name}: module {module_name!r} has no attribute {attr!r}")
+    try:
+        policy = cls()
+    except TypeError as exc:
+        raise UserError(f"--policy {name}: {attr}() must take no arguments ({exc})") from None
+    if not isinstance(policy, Policy):
+        raise UserError(
+            f"--policy {name}: {attr} does not implement the Policy protocol (policy/base.py): it needs "
+            "reset(seed=None) and act(obs, rows) -> actions (B, 7)"
+        )
+    return policy
+
+
+@functools.cache
+def _goal_block(bddl_path: str) -> str:
+    text = open(bddl_path).read()
+    start = text.find("(:goal")
+    return text[start:] if start >= 0 else ""
+
+
+def scripted_supports(suite: str, task_id: int) -> str | None:
+    """None if the scripted pick-and-place expert can act on the task, else the reason: it needs an
+    `(On obj dest)` or `(In obj dest)` goal predicate (data/expert.py `PickPlaceExpert.for_env`)."""
+    from zipmo_robot.envs.suites import get_task
+
+    task = get_task(suite, task_id)
+    if re.search(r"\(\s*(on|in)\s+\S+\s+\S+\s*\)", _goal_block(str(task.bddl_path)), re.IGNORECASE):
+        return None
+    return (
+        f"task {task_id} ({task.language!r}) has no (On|In obj dest) goal: the expert only picks and places"
+    )
+
+
+# policy name -> check(suite, task_id) -> None | reason. Policies not listed here are assumed to act anywhere.
+SUPPORT_CHECKS = {"scripted": scripted_supports}
+
+
+def check_support(name: str, suite_tasks: dict[str, list[int]]) -> None:
+    """Raise one `UserError` line if the policy cannot act on some of the requested tasks."""
+    check = SUPPORT_CHECKS.get(name)
+    if check is None:
+        return
+    bad = [(s, t) for s, tasks in suite_tasks.items() for t in tasks if check(s, t) is not None]
+    if not bad:
+        return
+    from zipmo_robot.envs.suites import list_tasks
+
+    suites = sorted({s for s, _ in bad})
+    hint = "; ".join(
+        f"{s}: --tasks {','.join(str(t.task_id) for t in list_tasks(s) if check(s, t.task_id) is None)}"
+        for s in suites
+    )
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise UserError(
+        f"--policy {name} cannot run {bad[0][0]} {check(*bad[0])}{more}; tasks it can run: {hint}"
+    )
