@@ -1,6 +1,7 @@
-"""Loader for the official-parity fixture folder (`ZIPMO_PARITY_FIXTURES`, default
-../shared/fixtures/official_parity relative to the repo root). Everything is read from `manifest.json`:
-no case name or size is hard-coded here."""
+"""Helpers shared by the test modules (test modules never import each other): the loader of the official-parity
+fixture folder (`ZIPMO_PARITY_FIXTURES`, default ../shared/fixtures/official_parity relative to the repo root;
+everything is read from `manifest.json`, no case name or size is hard-coded here), and tiny random models for
+the tests that need a model but no fixture."""
 
 from __future__ import annotations
 
@@ -33,7 +34,14 @@ def kinds() -> list[str]:
 
 
 def kind_info(kind: str) -> dict:
-    return manifest()["kinds"][kind]
+    """The manifest entry of `kind`; a kind the manifest lacks is an error (the shared set has every kind)."""
+    kinds = manifest().get("kinds", {})
+    if kind not in kinds:
+        raise LookupError(
+            f"the parity manifest in {fixture_dir()} has no kind {kind!r} (it has: {', '.join(kinds) or 'none'}); "
+            "set ZIPMO_PARITY_FIXTURES to the complete fixture folder"
+        )
+    return kinds[kind]
 
 
 @cache
@@ -135,3 +143,26 @@ def planner_config(kind: str):
         vae=vae,
         dino=dino_config(),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny random models
+
+
+def tiny_vae_config(**kw):
+    """A VAE small enough for CPU tests: width 32, one encoder and decoder layer, 4x4 latent grid, 56 px DINO."""
+    from zipmo_robot.models.dino import DinoConfig
+    from zipmo_robot.models.vae import VAEConfig
+
+    dino = DinoConfig(embed_dim=16, depth=1, num_heads=2, img_size=56)  # 4x4 patches
+    return VAEConfig(d_model=32, d_head=16, enc_depth=1, dec_depth=1, latent_grid=4, dino=dino, **kw)
+
+
+def unzero(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised residual projections random values, so every block does something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model

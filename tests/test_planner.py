@@ -10,8 +10,8 @@ from dataclasses import replace
 import parity as P
 import pytest
 import torch
+from parity import tiny_vae_config, unzero
 from test_checkpoints import RELEASE_NUMEL
-from test_vae import tiny_vae_config, unzero
 
 from zipmo_robot.checkpoints import convert as checkpoints
 from zipmo_robot.models.planner import PlannerConfig, build_planner

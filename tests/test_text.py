@@ -183,20 +183,14 @@ def test_encoder_identifier_separates_models_and_lengths(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("offline_flag", [True, False], ids=["HF_HUB_OFFLINE", "no-network"])
 def test_missing_bert_gives_a_clear_error_fast(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_flag: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreachable_hub: str, offline_flag: bool
 ) -> None:
-    """Real calls: this machine has no hub access, so both paths must end in our message, not in hub retries."""
+    """Real calls, both paths forced whatever this machine's network: the offline flag, and a hub endpoint on a
+    closed local port (a real refused connection). Both must end in our message, not in hub retries."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     if offline_flag:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    else:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        from zipmo_robot.checkpoints.hub import hub_reachable
-
-        if hub_reachable()[0]:
-            pytest.skip("this machine reaches the hub; the no-network path cannot be exercised here")
     with pytest.raises(UserError) as info:
         TextEncoder("bert-base-cased")
     message = str(info.value)

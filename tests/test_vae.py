@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import tiny_vae_config, unzero
 
-from zipmo_robot.models.dino import DinoConfig
-from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
+from zipmo_robot.models.vae import TrajectoryVAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_vae_config(**kw) -> VAEConfig:
-    dino = DinoConfig(embed_dim=16, depth=1, num_heads=2, img_size=56)  # 4x4 patches
-    return VAEConfig(d_model=32, d_head=16, enc_depth=1, dec_depth=1, latent_grid=4, dino=dino, **kw)
 
 
 def _data(B=2, N=6, T=5, seed=0):
@@ -22,16 +17,6 @@ def _data(B=2, N=6, T=5, seed=0):
     tracks = torch.rand(B, N, T, 2, generator=g) * 2 - 1
     frame = torch.rand(B, 40, 48, 3, generator=g) * 2 - 1
     return tracks, frame
-
-
-def unzero(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give the zero-initialised residual projections random values, so every block does something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 @pytest.fixture(scope="module")
