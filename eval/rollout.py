@@ -166,6 +166,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
         override = {cell: by_key.get((cell.suite, cell.task_id, cell.episode_index)) for cell in cells}
     stamp = {
         "protocol": protocol.label(),
+        "protocol_preset": protocol.name,
         "protocol_hash": protocol.knob_hash(),
         "protocol_overrides": protocol.changed_knobs(),
         "policy": c["policy"],

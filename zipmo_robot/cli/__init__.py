@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "bench": "zipmo_robot.cli.bench",
     "preprocess": "zipmo_robot.cli.preprocess",
     "collect": "zipmo_robot.cli.collect",
+    "eval": "zipmo_robot.cli.eval",
+    "report": "zipmo_robot.cli.report",
 }
 
 
