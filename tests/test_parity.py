@@ -2,7 +2,7 @@
 `manifest.json` lists, rebuild the model from the manifest's sizes, load the weights through the same
 converter as a released checkpoint, and reproduce the output.
 
-Tolerances (issue 2/6, item 7): fp32 outputs 1e-4, decoded tracks 1e-3. Each test prints its max abs error.
+Tolerances: fp32 outputs 1e-4, decoded tracks 1e-3. Each test prints its max abs error.
 The `blocks` cases are evaluated from the manifest itself (constructor string and call expression of each
 output), the model kinds by the official output names; an output this file cannot compute fails loudly.
 """
@@ -27,15 +27,8 @@ TRACKS_TOL = 1e-3
 # roughly; the fp32 record of the same rollout is checked at FP32_TOL. See `test_policy_planner_part`.
 AMP_TOL = 5e-2
 POLICY_KINDS = checkpoints.POLICY_KINDS
-
-
-@pytest.fixture
-def one_thread():
-    """Pin one intra-op thread (the fixtures were made with one) and restore the previous count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# every kind the shared fixture set holds: one per model and policy-head kind the converter knows, plus blocks
+EXPECTED_KINDS = ("blocks", *checkpoints.MODEL_KINDS, *POLICY_KINDS)
 
 
 def _tolerance(name: str) -> float:
@@ -273,9 +266,13 @@ def _outputs(kind: str) -> dict[str, torch.Tensor]:
 # tests
 
 
-def test_manifest_present():
+def test_manifest_has_every_kind():
+    """A kind missing from the fixture set is a failure, not a silently shorter parametrization."""
     assert P.manifest(), f"no manifest.json in {P.fixture_dir()}; set ZIPMO_PARITY_FIXTURES"
-    assert P.kinds(), "the manifest lists no kinds"
+    missing = [k for k in EXPECTED_KINDS if k not in P.kinds()]
+    assert not missing, f"the parity manifest in {P.fixture_dir()} lacks kinds {missing}"
+    for kind in EXPECTED_KINDS:
+        assert P.outputs(kind), f"{kind}: the manifest lists no output tensor"
 
 
 @pytest.mark.parametrize(("kind", "name"), _cases(), ids=[f"{k}-{n}" for k, n in _cases()])
@@ -290,15 +287,9 @@ def test_output(kind: str, name: str, one_thread):
     assert err <= tol, f"{kind}.{name}: max abs error {err:.3e} > {tol:.0e}"
 
 
-@pytest.mark.parametrize("kind", [k for k in P.kinds() if k in POLICY_KINDS])
-def test_policy_head_outputs_belong_to_policy_tests(kind: str):
-    pytest.skip(
-        f"{kind}: action chunks/actions are the policy head's (issue 3/6, tests/test_policy_parity.py); "
-        "the planner part of its rollout is checked in test_policy_planner_part"
-    )
-
-
-@pytest.mark.parametrize("kind", [k for k in P.kinds() if k in POLICY_KINDS])
+# The policy-head kinds' action chunks and actions are checked in tests/test_policy_parity.py; here, the planner
+# part of their recorded rollout.
+@pytest.mark.parametrize("kind", POLICY_KINDS)
 def test_policy_planner_part(kind: str, one_thread):
     """The planner bundled in a policy-head file (`track_predictor.*`), loaded through the converter,
     reproduces the planner latents of the recorded rollout: fp32 record and bf16-autocast record."""
