@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "bench": "zipmo_robot.cli.bench",
     "preprocess": "zipmo_robot.cli.preprocess",
     "collect": "zipmo_robot.cli.collect",
+    "train": "zipmo_robot.cli.train",
     "eval": "zipmo_robot.cli.eval",
     "report": "zipmo_robot.cli.report",
 }

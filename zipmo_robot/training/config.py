@@ -1,0 +1,207 @@
+"""Structured-config schema of `configs/train/*.yaml` (registered with hydra's ConfigStore) and composition.
+
+One schema serves the three stages; each stage reads its own section (`vae`, `planner`, `policy`) and the
+shared ones (`optim`, `ema`, `data`, `eval`). `compose_train(stage, overrides)` composes
+`configs/train/<stage>.yaml` (which picks a model size from `configs/model/` and an optimiser preset from
+`configs/train/optim/`) and validates the values the schema's types cannot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from zipmo_robot.errors import UserError
+
+STAGES: tuple[str, ...] = ("vae", "planner", "policy")
+IMAGE_ENCODERS: tuple[str, ...] = ("pretrained", "scratch")
+TEXT_ENCODERS: tuple[str, ...] = ("auto", "bert", "sentence_code")
+SCHEDULES: tuple[str, ...] = ("wsd", "constant", "cosine")
+
+
+@dataclass
+class OptimSchema:
+    """AdamW and its learning-rate schedule. Presets: `paper` (Tab. G: betas (0.9, 0.95), 300 warm-up steps,
+    constant LR with a WSD decay) and `released` (the released VAE script, Q11: betas (0.9, 0.99), 1000
+    warm-up steps from 1e-8·lr, cosine to 1e-8)."""
+
+    preset: str = "paper"
+    lr: float = 1.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.01
+    schedule: str = "wsd"
+    warmup_steps: int = 300
+    warmup_start_factor: float = 0.0
+    decay_fraction: float = 0.1  # WSD: the last fraction of the steps decays linearly
+    min_lr: float = 0.0  # WSD / cosine end value (absolute)
+    grad_clip: float = 1.0  # max global grad norm; <= 0: off
+    fused: bool = False  # fused AdamW (CUDA)
+
+
+@dataclass
+class EmaSchema:
+    """EMA of the trained weights (torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn)."""
+
+    enabled: bool = True
+    decay: float = 0.999
+    start_step: int = 0  # before it the EMA copies the weights
+
+
+@dataclass
+class DataSchema:
+    """Which preprocessed demos (`zipmo-robot preprocess` output) train and validate.
+
+    `split` / `val_split` name a list of each task's `task.json`: train (45 of 50), val (5), bc_train_10
+    (ATM's 10 BC demos), demos (all)."""
+
+    root: str | None = None
+    suites: list[str] = field(default_factory=lambda: ["libero_spatial"])
+    tasks: list[int] | None = None
+    split: str = "train"
+    val_split: str | None = "val"
+    max_demos_per_task: int | None = None
+    n_tracks: int = 80  # per view and sample: the first half is encoded, all are decoded (VAE)
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "robot0_eye_in_hand"])
+
+
+@dataclass
+class VaeStageSchema:
+    """`init`: null (from scratch), `official` (the released VAE, converted) or a VAE checkpoint folder."""
+
+    init: str | None = None
+    pck_thresholds: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
+
+
+@dataclass
+class PlannerStageSchema:
+    """Flow-matching planner. `vae`: a trained VAE checkpoint folder or `official` (required);
+    `init`: null or a planner checkpoint folder. Start-frame noise and dropout are off by default (the
+    release uses none, Q16; magnitudes unknown, U2)."""
+
+    variant: str = "libero_atm"
+    vae: str | None = None
+    init: str | None = None
+    c_dropout: float = 0.1
+    start_frame_dropout: float = 0.0
+    start_frame_noise: float = 0.0  # std of Gaussian noise added to the start frames in [-1, 1]
+    time_sampling: str = "logit_normal"
+
+
+@dataclass
+class PlanCacheSchema:
+    """K planner samples per training frame, made once and reused by every epoch."""
+
+    enabled: bool = True
+    plans_per_frame: int = 4
+    dir: str | None = None  # null: <out>/plan_cache
+    chunk_frames: int = 64
+    batch: int = 32
+    dtype: str = "float16"
+    seed: int = 0
+
+
+@dataclass
+class PolicyStageSchema:
+    """Behavioural cloning of the head. `planner`: a trained planner checkpoint folder (frozen);
+    `init`: null or a policy checkpoint folder. `nfe` Euler steps per plan (10, as the paper trains);
+    `plan_precision` bf16 (the agent's default) or fp32."""
+
+    planner: str | None = None
+    init: str | None = None
+    nfe: int = 10
+    plan_precision: str = "bf16"
+    plan_cache: PlanCacheSchema = field(default_factory=PlanCacheSchema)
+
+
+@dataclass
+class EvalSchema:
+    """Short rollouts during policy training (every `every` steps; 0: off) on fixed init states."""
+
+    every: int = 0
+    suite: str = "libero_spatial"
+    tasks: list[int] = field(default_factory=lambda: [0])
+    episodes: int = 2
+    max_steps: int = 300
+    num_envs: int = 1
+    video: bool = True
+    protocol: str = "atm"
+
+
+@dataclass
+class TrainSchema:
+    """One training run (see `configs/train/<stage>.yaml`)."""
+
+    stage: str = MISSING
+    out: str | None = None
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 8  # global batch (split over DDP processes)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    compile: bool = False
+    threads: int | None = None  # torch intra-op threads per process (null: torch's default)
+    log_every: int = 10
+    save_every: int = 200
+    val_every: int = 0
+    val_batches: int = 4
+    progress: bool = True
+    tensorboard: bool = True
+    image_encoder: str = "scratch"
+    dino_source: str = "facebook/dinov2-with-registers-base"
+    text_encoder: str = "auto"
+    text_model: str = "bert-base-cased"
+    model: Any = None
+    optim: OptimSchema = field(default_factory=OptimSchema)
+    ema: EmaSchema = field(default_factory=EmaSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    vae: VaeStageSchema = field(default_factory=VaeStageSchema)
+    planner: PlannerStageSchema = field(default_factory=PlannerStageSchema)
+    policy: PolicyStageSchema = field(default_factory=PolicyStageSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+
+
+def register_schemas(cs: Any) -> None:
+    """Store the schema as `train_schema` (the first defaults entry of every `configs/train/<stage>.yaml`)."""
+    cs.store(name="train_schema", node=TrainSchema)
+
+
+def compose_train(stage: str, overrides: list[str] | None = None) -> Any:
+    """Compose `configs/train/<stage>.yaml` with hydra overrides and check it; returns a DictConfig."""
+    from zipmo_robot.configs import compose
+
+    if stage not in STAGES:
+        raise UserError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
+    cfg = compose(f"train/{stage}", list(overrides or []))
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Any) -> None:
+    """Refuse values the schema's types allow but the trainer does not (one `UserError` naming the key)."""
+    problems = []
+    if cfg.stage not in STAGES:
+        problems.append(f"stage={cfg.stage!r} is not one of {STAGES}")
+    if cfg.image_encoder not in IMAGE_ENCODERS:
+        problems.append(f"image_encoder={cfg.image_encoder!r} is not one of {IMAGE_ENCODERS}")
+    if cfg.text_encoder not in TEXT_ENCODERS:
+        problems.append(f"text_encoder={cfg.text_encoder!r} is not one of {TEXT_ENCODERS}")
+    if cfg.optim.schedule not in SCHEDULES:
+        problems.append(f"optim.schedule={cfg.optim.schedule!r} is not one of {SCHEDULES}")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        problems.append(f"precision={cfg.precision!r} is not one of auto, bf16, fp32")
+    if cfg.policy.plan_precision not in ("bf16", "fp32"):
+        problems.append(f"policy.plan_precision={cfg.policy.plan_precision!r} is not bf16 or fp32")
+    for key in ("steps", "batch_size", "log_every", "save_every"):
+        if int(cfg[key]) < 1:
+            problems.append(f"{key}={cfg[key]} must be >= 1")
+    if cfg.data.n_tracks < 2 or cfg.data.n_tracks % 2:
+        problems.append(
+            f"data.n_tracks={cfg.data.n_tracks} must be even and >= 2 (half encoded, half held out)"
+        )
+    if cfg.model is None:
+        problems.append("no model size: add model=tiny|small|release")
+    if problems:
+        raise UserError("bad training config:\n  " + "\n  ".join(problems))
