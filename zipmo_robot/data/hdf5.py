@@ -57,6 +57,9 @@ class Demo:
     dones: np.ndarray  # (T,)
     obs: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    # fixture layout of the scene it was performed in (group `layout`: body_pos (B, 3), body_quat (B, 4));
+    # LIBERO samples it into the MuJoCo model, not the state. Empty for files from elsewhere.
+    layout: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -186,7 +189,8 @@ def _read_demo(f: Any, path: Path, name: str, load_images: bool, require_images:
     attrs = {k: grp.attrs[k] for k in grp.attrs}
     if "robot_states" in grp:
         attrs["_robot_states"] = grp["robot_states"][()]
-    return Demo(name, actions, arrays["states"], arrays["rewards"], arrays["dones"], obs, attrs)
+    layout = {k: grp["layout"][k][()] for k in grp["layout"]} if "layout" in grp else {}
+    return Demo(name, actions, arrays["states"], arrays["rewards"], arrays["dones"], obs, attrs, layout)
 
 
 def iter_demos(
@@ -316,6 +320,8 @@ class DemoWriter:
             robot_states = np.concatenate([demo.obs["gripper_states"], demo.obs["ee_pos"], quat], 1)
         if robot_states is not None:
             grp.create_dataset("robot_states", data=np.asarray(robot_states, dtype=np.float64))
+        for key, value in demo.layout.items():
+            grp.create_dataset(f"layout/{key}", data=np.asarray(value, dtype=np.float64))
         grp.attrs["num_samples"] = demo.length
         for key, value in demo.attrs.items():
             if not key.startswith("_"):
@@ -324,6 +330,19 @@ class DemoWriter:
         self.total += demo.length
         self._file.flush()
         return name
+
+    def add_from(self, path: str | os.PathLike, name: str) -> str:
+        """Append demo `name` of another file in this layout by copying its group (no re-encoding)."""
+        import h5py
+
+        new = f"demo_{self.count}"
+        with h5py.File(path, "r") as src:
+            src.copy(src["data"][name], self._file["data"], name=new)
+            length = int(src["data"][name]["actions"].shape[0])
+        self.count += 1
+        self.total += length
+        self._file.flush()
+        return new
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

@@ -5,7 +5,8 @@ Per demo, one HDF5 file `<dst>/<suite>/<task name>/demo_<i>.hdf5` holding, in th
 `gripper_states` (T, 2); `tracks/<camera>` (T, N, 2) float32 (y, x) in [-1, 1]; `visible/<camera>` (T, N)
 bool; `query_frame/<camera>` (N,); `task_emb` (768,) when the BERT embedding is available; attributes
 `language`, `suite`, `task_id`, `source`, `demo`, `settings` (JSON). Images come from the same renders as the
-tracks (state replay), so frames and tracks agree exactly. Per task, `<task name>/task.json` lists the demos
+tracks (state replay, in the demo's own fixture layout when the file carries it), so frames and tracks agree
+exactly; `collect` writes the same files in its own render pass. Per task, `<task name>/task.json` lists the demos
 and the ATM split. Files appear atomically and are skipped when present with the same settings (idempotent,
 resumable); demos run in parallel worker processes.
 """
@@ -16,7 +17,6 @@ import json
 import os
 import tempfile
 import traceback
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +74,11 @@ def is_done(path: Path, settings: PreprocessSettings) -> bool:
 
 
 _ENVS: dict[tuple, Any] = {}  # per worker process: one rendering env per task (closed at exit by LiberoEnv)
+_DEFAULT_LAYOUT: dict[tuple, dict] = {}  # the env's own fixture layout, for demos that carry none
 
 
 def _env_for(suite: str, task_id: int, settings: PreprocessSettings) -> Any:
+    from zipmo_robot.data.collect import model_layout
     from zipmo_robot.envs.libero import LiberoEnv
     from zipmo_robot.envs.spec import EnvConfig
 
@@ -85,6 +87,7 @@ def _env_for(suite: str, task_id: int, settings: PreprocessSettings) -> Any:
         for env in _ENVS.values():
             env.close()
         _ENVS.clear()
+        _DEFAULT_LAYOUT.clear()
         cfg = EnvConfig(
             suite=suite,
             task_id=task_id,
@@ -95,18 +98,25 @@ def _env_for(suite: str, task_id: int, settings: PreprocessSettings) -> Any:
         env = LiberoEnv(cfg)
         env.reset(options={"init_state_id": 0})
         _ENVS[key] = env
-    return _ENVS[key]
+        _DEFAULT_LAYOUT[key] = model_layout(env.raw.env.sim)
+    return _ENVS[key], _DEFAULT_LAYOUT[key]
 
 
 def process_job(job: Job) -> tuple[str, str, int]:
     """Preprocess one demo; returns (demo, "ok"|"skipped"|error text, T). Never raises."""
+    from zipmo_robot.data.collect import track_seed
+
     try:
         dst = Path(job.dst)
         if is_done(dst, job.settings):
             return job.demo, "skipped", 0
         demo = next(iter_demos(job.src, [job.demo], load_images=False))
-        env = _env_for(job.suite, job.task_id, job.settings)
+        env, default_layout = _env_for(job.suite, job.task_id, job.settings)
+        from zipmo_robot.data.replay import restore_layout
         from zipmo_robot.data.tracks import track_demo
+
+        # the demo's own scene when it carries its fixture layout (collected here), else the env's
+        restore_layout(env.raw.env.sim, demo.layout or default_layout)
 
         s = job.settings
         views = track_demo(
@@ -118,10 +128,10 @@ def process_job(job: Job) -> tuple[str, str, int]:
             s.query_every,
             s.grid,
             s.n_random,
-            seed=s.seed + (zlib.crc32(job.demo.encode()) & 0xFFFF),
+            seed=track_seed(s.seed, job.demo),
             keep_frames=True,
         )
-        _write(dst, job, demo, views)
+        write_preprocessed(dst, job, demo, views)
         return job.demo, "ok", demo.length
     except Exception as exc:  # noqa: BLE001 - reported per demo, the run goes on
         detail = (
@@ -132,7 +142,8 @@ def process_job(job: Job) -> tuple[str, str, int]:
         return job.demo, f"error: {detail}", 0
 
 
-def _write(dst: Path, job: Job, demo: Any, views: dict) -> None:
+def write_preprocessed(dst: Path, job: Job, demo: Any, views: dict) -> None:
+    """Write one training file (the format in the module docstring) atomically."""
     import h5py
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +185,10 @@ def find_demo_files(src: Path) -> list[Path]:
     """All `*.hdf5` files under `src` (a folder) or `src` itself (a file), sorted."""
     if src.is_file():
         return [src]
-    return sorted(p for p in src.rglob("*.hdf5") if not p.name.startswith("."))
+    # hidden files and folders (partial writes, `collect`'s per-demo parts) are not inputs
+    return sorted(
+        p for p in src.rglob("*.hdf5") if not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
 
 
 def task_embedding(

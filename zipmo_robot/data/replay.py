@@ -1,7 +1,9 @@
 """State replay: re-render a demonstration from its stored simulator states, and check replay fidelity.
 
 Setting a stored flattened MuJoCo state and rendering gives the frames of that step at any resolution and
-camera set, in any protocol orientation, without re-simulating. `fidelity` compares re-rendered frames with the
+camera set, in any protocol orientation, without re-simulating. The fixture layout is not in the state (LIBERO
+samples it into the model at reset): demos collected here carry it (`Demo.layout`), and `restore_layout`
+puts it back before replaying, so the replay shows the scene the demo was performed in. `fidelity` compares re-rendered frames with the
 stored ones and re-executes the stored actions from the first state to see whether they reach success again.
 """
 
@@ -43,6 +45,26 @@ def replay_env(
         yield env
     finally:
         env.close()
+
+
+def restore_layout(sim: Any, layout: dict[str, np.ndarray]) -> None:
+    """Put a demo's fixture layout (`Demo.layout`: body_pos (B, 3), body_quat (B, 4)) into `sim`'s model, so
+    its stored states render in the scene they were recorded in; an empty layout changes nothing."""
+    if not layout:
+        return
+    model = sim.model
+    for key in ("body_pos", "body_quat"):
+        value = np.asarray(layout[key], dtype=np.float64)
+        target = getattr(model, key)
+        if value.shape != target.shape:
+            from zipmo_robot.errors import UserError
+
+            raise UserError(
+                f"stored fixture layout {key} has shape {value.shape}, the env's model {target.shape}: "
+                "the demo was recorded with another task or LIBERO version"
+            )
+        target[:] = value
+    sim.forward()
 
 
 def render_state(

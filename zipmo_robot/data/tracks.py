@@ -198,6 +198,147 @@ def _body_poses(sim: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sim.data.xpos), np.array(sim.data.xmat).reshape(-1, 3, 3)
 
 
+@dataclass
+class Capture:
+    """Everything the exact tracker needs from a state sequence, from ONE render pass per frame and camera.
+
+    rgb[cam]: (T, H, W, 3) uint8 and depth[cam]: (T, H, W) float32 metric depth, both in raw robosuite
+    orientation (the same call renders both); bodies[cam][q]: (H, W) int32 body id under each pixel at query
+    frame q (raw orientation); xpos (T, B, 3), xmat (T, B, 3, 3): body poses; cam_pos[cam] (T, 3),
+    cam_rot[cam] (T, 3, 3), focal[cam]: the camera at every frame (the wrist camera moves).
+    """
+
+    size: int
+    rgb: dict[str, np.ndarray]
+    depth: dict[str, np.ndarray]
+    bodies: dict[str, dict[int, np.ndarray]]
+    xpos: np.ndarray
+    xmat: np.ndarray
+    cam_pos: dict[str, np.ndarray]
+    cam_rot: dict[str, np.ndarray]
+    focal: dict[str, float]
+
+    @property
+    def length(self) -> int:
+        return int(self.xpos.shape[0])
+
+    def camera(self, name: str, t: int) -> Camera:
+        return Camera(self.cam_pos[name][t], self.cam_rot[name][t], self.focal[name], self.size, self.size)
+
+
+def capture_states(
+    sim: Any,
+    states: np.ndarray,
+    cameras: tuple[str, ...],
+    size: int,
+    query_frames: tuple[int, ...] = (0,),
+    progress: Any = None,
+) -> Capture:
+    """Set each flattened state (T, D) in `sim` (a robosuite MjSim with an offscreen context) and render
+    RGB + depth of every camera (one render call each), a segmentation render at the query frames, and the
+    body and camera poses. The renders are the ones robosuite's camera observations give at that state.
+    `progress.update(1)` is called per frame."""
+    activate_gl(sim)
+    t_total = len(states)
+    extent = sim.model.stat.extent
+    far, near = sim.model.vis.map.zfar * extent, sim.model.vis.map.znear * extent
+    queries = set(int(q) for q in query_frames)
+    rgb = {c: np.zeros((t_total, size, size, 3), np.uint8) for c in cameras}
+    depth = {c: np.zeros((t_total, size, size), np.float32) for c in cameras}
+    bodies: dict[str, dict[int, np.ndarray]] = {c: {} for c in cameras}
+    n_body = sim.model.nbody
+    xpos = np.zeros((t_total, n_body, 3))
+    xmat = np.zeros((t_total, n_body, 3, 3))
+    cam_pos = {c: np.zeros((t_total, 3)) for c in cameras}
+    cam_rot = {c: np.zeros((t_total, 3, 3)) for c in cameras}
+    focal: dict[str, float] = {}
+    for t, state in enumerate(states):
+        sim.set_state_from_flattened(np.asarray(state, dtype=np.float64))
+        sim.forward()
+        xpos[t], xmat[t] = _body_poses(sim)
+        for cam in cameras:
+            geom = camera_at(sim, cam, size, size)
+            cam_pos[cam][t], cam_rot[cam][t], focal[cam] = geom.pos, geom.rot, geom.focal
+            image, buf = sim.render(width=size, height=size, camera_name=cam, depth=True)
+            rgb[cam][t] = image
+            depth[cam][t] = near / (1.0 - buf * (1.0 - near / far))
+            if t in queries:
+                bodies[cam][t] = render_bodies(sim, cam, size, "raw")
+        if progress is not None:
+            progress.update(1)
+    return Capture(size, rgb, depth, bodies, xpos, xmat, cam_pos, cam_rot, focal)
+
+
+def tracks_from_capture(
+    cap: Capture,
+    camera: str,
+    orientation: str = "flip_vertical",
+    query_frames: tuple[int, ...] = (0,),
+    grid: int = 16,
+    n_random: int = 64,
+    rng: np.random.Generator | None = None,
+    depth_tolerance: float = 0.01,
+    keep_frames: bool = False,
+) -> ViewTracks:
+    """Exact tracks of one view from a `Capture` (numpy only, no simulator).
+
+    Per query frame: `grid`² + `n_random` query pixels; pixels on no geometry (background) are dropped.
+    Visibility: in the image and |rendered depth - point depth| < `depth_tolerance` + 2 % of the depth.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    size, t_total = cap.size, cap.length
+    query_frames = tuple(sorted({min(max(int(q), 0), t_total - 1) for q in query_frames}))
+    bodies, local_points, qframes, queries_yx = [], [], [], []
+    for q in query_frames:
+        depth = _orient(cap.depth[camera][q], orientation)
+        body_map = _orient(cap.bodies[camera][q], orientation)
+        rows, cols = sample_queries(size, grid, n_random, rng)
+        body = body_map[rows, cols]
+        keep = body >= 0
+        rows, cols, body = rows[keep], cols[keep], body[keep]
+        cam = cap.camera(camera, q)
+        world = pixel_to_world(cam, rows + 0.5, cols + 0.5, depth[rows, cols].astype(np.float64), orientation)
+        xpos, xmat = cap.xpos[q], cap.xmat[q]
+        local = np.einsum("nji,nj->ni", xmat[body], world - xpos[body])  # R^T (p - x)
+        bodies.append(body)
+        local_points.append(local)
+        qframes.append(np.full(len(body), q, dtype=np.int32))
+        queries_yx.append(to_normalised(rows + 0.5, cols + 0.5, size, size))
+    body = np.concatenate(bodies)
+    local = np.concatenate(local_points)
+    n = len(body)
+    tracks = np.zeros((t_total, n, 2), dtype=np.float32)
+    visible = np.zeros((t_total, n), dtype=bool)
+    depths = np.zeros((t_total, n), dtype=np.float32)
+    for t in range(t_total):
+        world = cap.xpos[t][body] + np.einsum("nij,nj->ni", cap.xmat[t][body], local)
+        rows, cols, d = world_to_pixel(cap.camera(camera, t), world, orientation)
+        tracks[t] = to_normalised(rows, cols, size, size)
+        depths[t] = d
+        depth = _orient(cap.depth[camera][t], orientation)
+        ri, ci = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+        inside = (ri >= 0) & (ri < size) & (ci >= 0) & (ci < size) & (d > 0)
+        seen = np.zeros(n, dtype=bool)
+        seen[inside] = np.abs(depth[ri[inside], ci[inside]] - d[inside]) < depth_tolerance + 0.02 * d[inside]
+        visible[t] = seen
+    frames = None
+    if keep_frames:
+        frames = np.ascontiguousarray(_orient_frames(cap.rgb[camera], orientation))
+    query_yx = np.concatenate(queries_yx).astype(np.float32)
+    return ViewTracks(
+        camera, tracks, visible, np.concatenate(qframes), body.astype(np.int32), depths, query_yx, frames
+    )
+
+
+def _orient_frames(frames: np.ndarray, orientation: str) -> np.ndarray:
+    """`_orient` for a stack (T, H, W, ...)."""
+    if orientation == "raw":
+        return frames
+    if orientation == "flip_vertical":
+        return frames[:, ::-1]
+    return frames[:, ::-1, ::-1]
+
+
 def track_view(
     env: Any,
     states: np.ndarray,
@@ -211,62 +352,13 @@ def track_view(
     depth_tolerance: float = 0.01,
     keep_frames: bool = False,
 ) -> ViewTracks:
-    """Exact tracks of one view over a state sequence (T, D) in a rendering `LiberoEnv`.
-
-    Per query frame: `grid`² + `n_random` query pixels; pixels on no geometry (background) are dropped.
-    Visibility: in the image and |rendered depth - point depth| < `depth_tolerance` + 2 % of the depth.
-    """
-    rng = rng if rng is not None else np.random.default_rng(0)
+    """Exact tracks of one view over a state sequence (T, D) in a rendering `LiberoEnv` (see
+    `tracks_from_capture`); renders every state once (`capture_states`)."""
     t_total = len(states)
     query_frames = tuple(sorted({min(max(int(q), 0), t_total - 1) for q in query_frames}))
-    bodies, local_points, qframes, queries_yx = [], [], [], []
-    depth_maps: dict[int, np.ndarray] = {}
-    rgb_maps: dict[int, np.ndarray] = {}
-    for q in query_frames:
-        sim = _set_state(env, states[q])
-        rgb_maps[q], depth = render_depth(sim, camera, size, orientation)
-        depth_maps[q] = depth
-        body_map = render_bodies(sim, camera, size, orientation)
-        rows, cols = sample_queries(size, grid, n_random, rng)
-        body = body_map[rows, cols]
-        keep = body >= 0
-        rows, cols, body = rows[keep], cols[keep], body[keep]
-        cam = camera_at(sim, camera, size, size)
-        world = pixel_to_world(cam, rows + 0.5, cols + 0.5, depth[rows, cols].astype(np.float64), orientation)
-        xpos, xmat = _body_poses(sim)
-        local = np.einsum("nji,nj->ni", xmat[body], world - xpos[body])  # R^T (p - x)
-        bodies.append(body)
-        local_points.append(local)
-        qframes.append(np.full(len(body), q, dtype=np.int32))
-        queries_yx.append(to_normalised(rows + 0.5, cols + 0.5, size, size))
-    body = np.concatenate(bodies)
-    local = np.concatenate(local_points)
-    n = len(body)
-    tracks = np.zeros((t_total, n, 2), dtype=np.float32)
-    visible = np.zeros((t_total, n), dtype=bool)
-    depths = np.zeros((t_total, n), dtype=np.float32)
-    frames = np.zeros((t_total, size, size, 3), dtype=np.uint8) if keep_frames else None
-    for t in range(t_total):
-        sim = _set_state(env, states[t])
-        xpos, xmat = _body_poses(sim)
-        world = xpos[body] + np.einsum("nij,nj->ni", xmat[body], local)
-        cam = camera_at(sim, camera, size, size)
-        rows, cols, d = world_to_pixel(cam, world, orientation)
-        tracks[t] = to_normalised(rows, cols, size, size)
-        depths[t] = d
-        depth, rgb = depth_maps.get(t), rgb_maps.get(t)
-        if depth is None:
-            rgb, depth = render_depth(sim, camera, size, orientation)
-        if frames is not None:
-            frames[t] = rgb
-        ri, ci = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
-        inside = (ri >= 0) & (ri < size) & (ci >= 0) & (ci < size) & (d > 0)
-        seen = np.zeros(n, dtype=bool)
-        seen[inside] = np.abs(depth[ri[inside], ci[inside]] - d[inside]) < depth_tolerance + 0.02 * d[inside]
-        visible[t] = seen
-    query_yx = np.concatenate(queries_yx).astype(np.float32)
-    return ViewTracks(
-        camera, tracks, visible, np.concatenate(qframes), body.astype(np.int32), depths, query_yx, frames
+    cap = capture_states(env.raw.env.sim, states, (camera,), size, query_frames)
+    return tracks_from_capture(
+        cap, camera, orientation, query_frames, grid, n_random, rng, depth_tolerance, keep_frames
     )
 
 
@@ -281,15 +373,36 @@ def track_demo(
     n_random: int = 64,
     seed: int = 0,
     keep_frames: bool = False,
+    progress: Any = None,
 ) -> dict[str, ViewTracks]:
-    """Tracks of every view for a demo: queries every `query_every` frames (0, 16, 32, ...) so every
-    training window starts near a query frame with enough visible points."""
+    """Tracks of every view for a demo, from one render pass over its states in `env` (a rendering
+    `LiberoEnv`): queries every `query_every` frames (0, 16, 32, ...) so every training window starts near a
+    query frame with enough visible points."""
+    queries = query_frame_list(len(states), query_every)
+    cap = capture_states(env.raw.env.sim, states, tuple(cameras), size, queries, progress)
+    return tracks_of_capture(cap, tuple(cameras), orientation, query_every, grid, n_random, seed, keep_frames)
+
+
+def query_frame_list(length: int, query_every: int) -> tuple[int, ...]:
+    """The query frames of a `length`-frame demo: 0, K, 2K, ..."""
+    return tuple(range(0, length, max(1, query_every)))
+
+
+def tracks_of_capture(
+    cap: Capture,
+    cameras: tuple[str, ...],
+    orientation: str = "flip_vertical",
+    query_every: int = 16,
+    grid: int = 16,
+    n_random: int = 64,
+    seed: int = 0,
+    keep_frames: bool = False,
+) -> dict[str, ViewTracks]:
+    """`track_demo` from an existing capture (e.g. the one made while collecting the demo)."""
     rng = np.random.default_rng(seed)
-    queries = tuple(range(0, len(states), max(1, query_every)))
+    queries = query_frame_list(cap.length, query_every)
     return {
-        cam: track_view(
-            env, states, cam, size, orientation, queries, grid, n_random, rng, keep_frames=keep_frames
-        )
+        cam: tracks_from_capture(cap, cam, orientation, queries, grid, n_random, rng, keep_frames=keep_frames)
         for cam in cameras
     }
 
