@@ -145,6 +145,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
 
     `episodes` replaces the planned work items of the same (suite, task, episode) (tests inject faults).
     """
+    from omegaconf import open_dict
     from zipmo_robot.configs import save_resolved
     from zipmo_robot.eval.engine import PolicyGroup, RunOptions, run_cells, stamp_hash
     from zipmo_robot.eval.protocols import protocol_from_dict
@@ -183,6 +184,12 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
         return reports.summarize(current)
 
     out.mkdir(parents=True, exist_ok=True)
+    used = policy.resolved_options()  # the values the policy runs with (defaults decided), for the reader
+    with open_dict(cfg):
+        for key in [k for k in used if k in cfg.policy_options]:
+            cfg.policy_options[key] = used[key]
+    c["policy_options"] = _to_container(cfg)["policy_options"]
+    extra["policy_resolved"] = used
     save_resolved(cfg, out)
     results_path = out / reports.RESULTS_FILE
     if c["resume"]:
