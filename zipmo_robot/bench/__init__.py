@@ -52,6 +52,13 @@ SUB_BENCHMARKS: dict[str, SubBenchmark] = {
         run=_lazy("agent", "run_agent"),
         format=_lazy("agent", "format_agent"),
     ),
+    "data": SubBenchmark(
+        help="LIBERO data pipeline, one worker: raw rendered step rate, state-only expert demos/min, one-pass "
+        "render + exact tracks, preprocess by replay, projected hours per suite; --table DIR: collect table",
+        add_arguments=_lazy("data", "data_arguments"),
+        run=_lazy("data", "run_data"),
+        format=_lazy("data", "format_data"),
+    ),
     "env": SubBenchmark(
         help="LIBERO env: construction, soft/hard reset, memory per env process, steps/s per image size, "
         "numba JIT cost (one fresh process per measurement)",
