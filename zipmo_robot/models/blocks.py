@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipmo_robot.models.rope import apply_rotary_emb, make_rope
+from zipmo_robot.models.rope import apply_rotary, make_rope, rotary_tables
+
+Rotary = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) tables of `rope.rotary_tables`
+LayerRotary = tuple[Rotary | None, Rotary | None]  # (self-attention, cross-attention query) tables
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
@@ -33,6 +36,26 @@ def zero_init(layer: nn.Linear) -> nn.Linear:
 
 def _promote_fp32(*tensors: torch.Tensor) -> torch.dtype:
     return reduce(torch.promote_types, [t.dtype for t in tensors] + [torch.float32])
+
+
+def keep_weights_in_autocast_dtype_(module: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the weights and biases of every `nn.Linear` and `nn.Conv2d` in `module` to `dtype`, in place.
+
+    Under autocast these layers cast fp32 weights to the autocast dtype on every call (autocast caches the
+    casts only for parameters that require grad, and inference models do not): a read and a write of every
+    weight per velocity evaluation. Casting once rounds the same way, so outputs are bit-identical, and the
+    weights take half the memory. Only for a module that from then on runs exclusively under autocast of
+    `dtype` (outside it, a bf16 linear refuses fp32 input). Returns the number of tensors cast.
+    """
+    n = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            for name in ("weight", "bias"):
+                p = getattr(layer, name, None)
+                if p is not None and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+                    n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,19 +207,31 @@ class SelfAttentionBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, n_heads={self.n_heads}"
 
+    def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
+        """Rotary tables of positions pos (B, L, P) for q/k of `dtype` (default: what `qkv_proj` produces in
+        the current autocast state): (B, nh, L, 2*n_rot) each, or None without rope. Constant over the Euler
+        steps of one sampling call, so the planner builds them once (`Level.rotaries`)."""
+        if self.pos_emb is None:
+            return None
+        dtype = _linear_out_dtype(self.qkv_proj.weight) if dtype is None else dtype
+        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
+
     def forward(
-        self, x: torch.Tensor, pos: torch.Tensor | None, cond_norm: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None,
+        cond_norm: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
     ) -> torch.Tensor:
         skip = x
         x = self.norm(x, cond_norm)
         qkv = self.qkv_proj(x)
-        q, k, v = _split_heads(qkv, 3, self.d_head)  # each (B, nh, L, e)
-        q, k = scale_for_cosine_sim(q, k, self.scale[:, None, None], self.eps)
+        qkv = _split_heads(qkv, 3, self.d_head)  # (3, B, nh, L, e)
+        # q and k scaled (and rotated) in one pass each: elementwise, so the bits are those of q and k apart
+        qk = _cosine_factor(qkv[:2], self.scale[:, None, None], self.eps)
         if self.pos_emb is not None:
-            theta = self.pos_emb(pos.to(qkv.dtype)).movedim(-2, -3)  # (B, nh, L, n_rot)
-            q = apply_rotary_emb(q, theta)
-            k = apply_rotary_emb(k, theta)
-        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            qk = apply_rotary(qk, *(rotary if rotary is not None else self.rotary(pos, qkv.dtype)))
+        x = F.scaled_dot_product_attention(qk[0], qk[1], qkv[2], scale=1.0)
         x = self.out_proj(_merge_heads(x))
         return x + skip
 
@@ -249,9 +284,15 @@ class CrossAttentionBlock(nn.Module):
         if self.pos_emb is not None:
             if dtype is None:
                 dtype = _linear_out_dtype(self.q_proj.weight)
-            theta_k = self.pos_emb(pos_cross.to(dtype)).movedim(-2, -3)
-            k = apply_rotary_emb(k, theta_k)
+            k = apply_rotary(k, *rotary_tables(self.pos_emb(pos_cross.to(dtype)).movedim(-2, -3), dtype))
         return k, v
+
+    def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
+        """Rotary tables of the query positions (see `SelfAttentionBlock.rotary`), or None without rope."""
+        if self.pos_emb is None:
+            return None
+        dtype = _linear_out_dtype(self.q_proj.weight) if dtype is None else dtype
+        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
 
     def forward(
         self,
@@ -261,6 +302,7 @@ class CrossAttentionBlock(nn.Module):
         pos_cross: torch.Tensor | None = None,
         cond_norm: torch.Tensor | None = None,
         context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: Rotary | None = None,
     ) -> torch.Tensor:
         skip = x
         x = self.norm(x, cond_norm)
@@ -275,8 +317,7 @@ class CrossAttentionBlock(nn.Module):
         (q,) = _split_heads(q, 1, self.d_head)
         q = _cosine_factor(q, self.scale[:, None, None], self.eps)
         if self.pos_emb is not None:
-            theta_q = self.pos_emb(pos.to(q.dtype)).movedim(-2, -3)
-            q = apply_rotary_emb(q, theta_q)
+            q = apply_rotary(q, *(rotary if rotary is not None else self.rotary(pos, q.dtype)))
         x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         x = self.out_proj(_merge_heads(x))
         return x + skip
@@ -325,11 +366,17 @@ class TransformerLayer(nn.Module):
         pos_cross: torch.Tensor | None = None,
         cond_norm: torch.Tensor | None = None,
         context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: LayerRotary | None = None,
     ) -> torch.Tensor:
-        x = self.self_attn(x, pos, cond_norm)
+        self_rot, cross_rot = rotary if rotary is not None else (None, None)
+        x = self.self_attn(x, pos, cond_norm, self_rot)
         if self.use_ca:
-            x = self.cross_attn(x, pos, x_cross, pos_cross, cond_norm, context)
+            x = self.cross_attn(x, pos, x_cross, pos_cross, cond_norm, context, cross_rot)
         return self.ff(x, cond_norm)
+
+    def rotary(self, pos: torch.Tensor) -> LayerRotary:
+        """(self-attention, cross-attention query) rotary tables of positions pos (B, L, P)."""
+        return self.self_attn.rotary(pos), self.cross_attn.rotary(pos) if self.use_ca else None
 
 
 class Level(nn.ModuleList):
@@ -343,11 +390,18 @@ class Level(nn.ModuleList):
         pos_cross: torch.Tensor | None = None,
         cond_norm: torch.Tensor | None = None,
         contexts: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        rotaries: list[LayerRotary] | None = None,
     ) -> torch.Tensor:
         for i, layer in enumerate(self):
             ctx = contexts[i] if contexts is not None else None
-            x = layer(x, pos, x_cross, pos_cross, cond_norm, ctx)
+            rot = rotaries[i] if rotaries is not None else None
+            x = layer(x, pos, x_cross, pos_cross, cond_norm, ctx, rot)
         return x
+
+    def rotaries(self, pos: torch.Tensor) -> list[LayerRotary]:
+        """Per-layer rotary tables of positions pos (B, L, P) (B may be 1 when every row has the same
+        positions: the tables broadcast), for `forward(..., rotaries=...)` in every Euler step."""
+        return [layer.rotary(pos) for layer in self]
 
     def contexts(
         self, x_cross: torch.Tensor, pos_cross: torch.Tensor | None

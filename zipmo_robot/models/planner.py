@@ -61,7 +61,14 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 
-from zipmo_robot.models.blocks import FourierFeatures, InputMLP, Level, MappingNetwork, TransformerLayer
+from zipmo_robot.models.blocks import (
+    FourierFeatures,
+    InputMLP,
+    Level,
+    MappingNetwork,
+    TransformerLayer,
+    _linear_out_dtype,
+)
 from zipmo_robot.models.dino import DinoConfig, ImageEncoder
 from zipmo_robot.models.rope import centers, make_axial_pos_2d
 from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
@@ -228,7 +235,8 @@ class Conditioning:
     extra_tokens: (B, L_img, d_cross) image tokens before `cond_proj`; extra_pos: (B, L_img, 3);
     x_cross: (B, L_c, d_cross) cross-attention context; pos_cross: (B, L_c, 3);
     frame_feats: raw DINO tokens ((B*V), L, d_cross) of the start frame(s), reused for VAE decoding when the
-    DINO copy is shared; img_h / contexts: per-call caches filled by `MotionPlanner.prepare`.
+    DINO copy is shared; img_h / contexts / rotaries / grid_emb: per-call caches filled by
+    `MotionPlanner.prepare` (image-token projection, cross-attention k/v, rotary tables, LIBERO grid embedding).
     """
 
     extra_tokens: torch.Tensor
@@ -238,6 +246,8 @@ class Conditioning:
     frame_feats: torch.Tensor | None = None
     img_h: torch.Tensor | None = None
     contexts: list | None = None
+    rotaries: list | None = None
+    grid_emb: torch.Tensor | None = None
 
 
 @dataclass
@@ -427,27 +437,38 @@ class MotionPlanner(nn.Module):
         return Conditioning(cond.extra_tokens, cond.extra_pos, x_cross, pos_cross, cond.frame_feats)
 
     def prepare(self, cond: Conditioning) -> Conditioning:
-        """Fill the per-call caches: image-token projection and every layer's cross-attention k/v."""
+        """Fill the per-call caches: image-token projection, every layer's cross-attention k/v and rotary
+        tables (the token positions do not change between Euler steps)."""
         cond.img_h = self.in_proj.cond_proj(cond.extra_tokens)
         cond.contexts = self.backbone.contexts(cond.x_cross, cond.pos_cross)
+        cond.rotaries = self.backbone.rotaries(self._token_pos(cond, rows_alike=True))
         return cond
 
     # -- velocity --------------------------------------------------------------------------------------
-    def _add_grid_emb(self, h: torch.Tensor, n_img: int) -> torch.Tensor:
-        return h
+    def _token_pos(self, cond: Conditioning, rows_alike: bool = False) -> torch.Tensor:
+        """(B, L + L_img, 3) positions of the latent then image tokens; with `rows_alike`, (1, ., 3) when the
+        image positions are one row broadcast over the batch (always, unless a caller built its own), so
+        cached rotary tables do not grow with the batch."""
+        B = cond.extra_pos.shape[0]
+        if rows_alike and cond.extra_pos.stride(0) == 0:
+            B = 1
+        return torch.cat([self.latent_pos(B), cond.extra_pos[:B]], dim=1)
+
+    def _latent_tokens(self, x_t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Latents (B, L, C) projected to the width (B, L, W)."""
+        return self.in_proj.proj(x_t)
 
     def predict_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """x_t (B, L, C) normalised latents, t (B,) -> velocity (B, L, C) in the official convention.
 
         Uses the caches of `prepare(cond)` when present.
         """
-        B, L, _ = x_t.shape
+        L = x_t.shape[1]
         t_cond = self.time_condition(t.to(x_t.dtype))
         img_h = cond.img_h if cond.img_h is not None else self.in_proj.cond_proj(cond.extra_tokens)
-        h = torch.cat([self.in_proj.proj(x_t), img_h], dim=1)  # (B, L + L_img, W)
-        h = self._add_grid_emb(h, img_h.shape[1])
-        pos = torch.cat([self.latent_pos(B), cond.extra_pos], dim=1)
-        h = self.backbone(h, pos, cond.x_cross, cond.pos_cross, t_cond, cond.contexts)
+        h = torch.cat([self._latent_tokens(x_t, cond), img_h], dim=1)  # (B, L + L_img, W)
+        pos = self._token_pos(cond) if cond.rotaries is None else None  # positions only feed rope
+        h = self.backbone(h, pos, cond.x_cross, cond.pos_cross, t_cond, cond.contexts, cond.rotaries)
         v = self.out_proj.proj(h[:, :L])
         return -v if self.cfg.paper_time_convention else v
 
@@ -720,13 +741,21 @@ class LiberoMotionPlanner(MotionPlanner):
     def prepare(self, cond: Conditioning) -> Conditioning:
         cond.img_h = self.in_proj.cond_proj(cond.extra_tokens)
         cond.contexts = self.backbone.contexts(cond.x_cross, None)
+        cond.rotaries = self.backbone.rotaries(self._token_pos(cond, rows_alike=True))
+        cond.grid_emb = self._grid_emb(_linear_out_dtype(self.in_proj.proj.weight))
         return cond
 
-    def _add_grid_emb(self, h: torch.Tensor, n_img: int) -> torch.Tensor:
-        # Per-view grid embedding on the first n_img tokens (the latents), cast to the activation dtype and
-        # added out of place (§0.A).
-        emb = self.learnable_emb_grid_tokens.repeat_interleave(n_img // self.cfg.num_views, dim=0)
-        return torch.cat([h[:, :n_img] + emb.to(h.dtype), h[:, n_img:]], dim=1)
+    def _grid_emb(self, dtype: torch.dtype) -> torch.Tensor:
+        """(V*G*G, W) per-view grid embedding of the latent tokens, view-major, in the activation dtype."""
+        n = self.cfg.vae.latent_grid**2
+        return self.learnable_emb_grid_tokens.repeat_interleave(n, dim=0).to(dtype)
+
+    def _latent_tokens(self, x_t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # Per-view grid embedding on the latent tokens (officially added to the first n_img tokens of the
+        # concatenated sequence, which are the latents: n_img == V*G*G), out of place (§0.A).
+        h = self.in_proj.proj(x_t)
+        emb = cond.grid_emb if cond.grid_emb is not None and cond.grid_emb.dtype == h.dtype else None
+        return h + (emb if emb is not None else self._grid_emb(h.dtype))
 
     def _decode(self, latents, query_pos, points_per_track, start_frame, feats) -> torch.Tensor:
         """latents (B, V*L, C), query_pos (B, V, Nq, 2) -> (B, V, Nq, T, 2), each view decoded on its own."""
