@@ -13,7 +13,7 @@ and "task_language": list[str] of length B.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,6 +34,8 @@ class RowInfo:
     seed: int  # the episode seed: policies seed their per-row generators with it
     step: int  # number of act() calls for this episode before this one (0 at the first)
     env_seed: int  # the seed the runner gave `LiberoEnv.reset` (scene layout; differs from `seed`)
+    # the other scene options of that reset (`Episode.scene_options`: the episode's place in its official worker)
+    scene_options: dict[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def new_episode(self) -> bool:

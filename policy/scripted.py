@@ -2,11 +2,11 @@
 (`--policy replay --demo FILE`).
 
 The scripted expert needs privileged simulator state, which the runner's observations do not carry. It keeps
-a *shadow* state-only LIBERO env per runner slot, reset as the runner resets the real env (same env seed,
-`RowInfo.env_seed`, which fixes the scene; same init state) and stepped with the same (float32-rounded) actions.
-LIBERO is deterministic across processes (LIBERO_SETUP.md, "Determinism"), so the shadow follows the real env
-exactly; each step compares the shadow's observed joint positions with the real ones and counts divergences
-(`self.divergences`).
+a *shadow* state-only LIBERO env per runner slot, reset as the runner resets the real env (same env seed and
+scene options, `RowInfo.env_seed` and `RowInfo.scene_options`, which fix the scene; same init state) and
+stepped with the same (float32-rounded) actions. LIBERO is deterministic across processes (LIBERO_SETUP.md,
+"Determinism"), so the shadow follows the real env exactly; each step compares the shadow's observed joint
+positions with the real ones and counts divergences (`self.divergences`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class ScriptedPolicy:
             env = self._shadow(row)
             if row.new_episode or row.slot not in self._experts:
                 # the real env's reset call: the env seed fixes the scene, the init state the objects
-                shadow_obs, _ = env.reset(seed=row.env_seed, options={"init_state_id": row.init_state_id})
+                options = {"init_state_id": row.init_state_id, **row.scene_options}
+                shadow_obs, _ = env.reset(seed=row.env_seed, options=options)
                 self._joints[row.slot] = shadow_obs["joint_states"]
                 rng = np.random.default_rng(row.seed + self.seed_offset)
                 self._experts[row.slot] = PickPlaceExpert.for_env(env.raw.env, rng=rng)
