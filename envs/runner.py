@@ -7,8 +7,10 @@ The parent keeps a state per slot, a deadline on every wait, and never dies with
 raises, dies or hangs marks only its episode `error`, is replaced by a fresh process, and the episode is retried
 (`retries` times) before it is reported as `error` (never as a success or a failure).
 
-Work items are episodes `(EnvConfig, episode_index, init_state_id, seed)`. An episode ends at its first success
-(the env is frozen: no further steps) or after `EnvConfig.max_steps` policy steps.
+Work items are episodes `(EnvConfig, episode_index, init_state_id, seed)`, plus the env seed and the place of
+the episode in its official worker (`reset_index`, `seeded_at`), which fix the scene (envs/libero.py, "Scenes"):
+an episode's first observation never depends on which worker runs it or what that worker ran before. An episode
+ends at its first success (the env is frozen: no further steps) or after `EnvConfig.max_steps` policy steps.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from zipmo_robot.envs.spec import EnvConfig
-from zipmo_robot.policy.base import RowInfo
+from zipmo_robot.policy.base import Policy, RowInfo
 
 FAULT_KINDS: tuple[str, ...] = ("raise", "exit", "hang")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -67,10 +69,17 @@ class Episode:
     seed: int  # the policy's per-row seed (RowInfo.seed)
     fault: Fault | None = None  # tests only
     env_seed: int | None = None  # seed of `LiberoEnv.reset` (scene layout); None: same as `seed`
+    reset_index: int = 0  # resets the protocol's official worker did before this episode (scene layout)
+    seeded_at: int = 0  # that worker's reset before which it called env.seed (0: once, after construction)
 
     @property
     def reset_seed(self) -> int:
         return self.seed if self.env_seed is None else self.env_seed
+
+    @property
+    def scene_options(self) -> dict[str, int]:
+        """The `LiberoEnv.reset` options that place the official worker's scene."""
+        return {"reset_index": self.reset_index, "seeded_at": self.seeded_at}
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -132,7 +141,8 @@ def _fire(fault: dict | None, step: int) -> None:
 def _worker(index: int, pipe: Connection, parent_pipe: Connection, assets: str | None) -> None:
     """Worker loop: `(command, data)` in, `(payload, ok)` out; the env is closed in `finally`.
 
-    Commands: "reset" (EnvConfig, init_state_id, seed, fault) -> (obs, seconds, env_rebuilt, rss_bytes);
+    Commands: "reset" (EnvConfig, init_state_id, seed, scene options, fault) -> (obs, seconds, env_rebuilt,
+    rss_bytes);
     "step" action (7,) -> (obs, reward, success, step_seconds, rss_bytes); "ping" -> rss_bytes;
     "close" -> None. Ctrl-C is left to the parent, which closes or kills its workers.
     """
@@ -150,7 +160,7 @@ def _worker(index: int, pipe: Connection, parent_pipe: Connection, assets: str |
                 break
             try:
                 if command == "reset":
-                    cfg, init_state_id, seed, fault = data
+                    cfg, init_state_id, seed, scene, fault = data
                     t0 = time.perf_counter()
                     if env is not None and cfg != env_cfg:
                         if _same_env(cfg, env_cfg):  # only the step cap differs: keep the built env
@@ -165,7 +175,7 @@ def _worker(index: int, pipe: Connection, parent_pipe: Connection, assets: str |
                         env = LiberoEnv(cfg, assets=assets)
                         env_cfg = cfg
                     _fire(fault, -1)
-                    obs, _info = env.reset(seed=seed, options={"init_state_id": init_state_id})
+                    obs, _info = env.reset(seed=seed, options={"init_state_id": init_state_id, **scene})
                     step = 0
                     pipe.send(((obs, time.perf_counter() - t0, rebuilt, _rss_bytes()), True))
                 elif command == "step":
@@ -305,6 +315,12 @@ class VectorRunner:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(
                 f"start_method must be 'forkserver' or 'spawn' (never 'fork'), got {start_method!r}"
+            )
+        if not isinstance(policy, Policy):
+            raise TypeError(
+                f"{type(policy).__name__} does not implement the Policy protocol (policy/base.py): subclass "
+                "Policy and define reset(seed) and act(obs, rows); the hooks overlay_views and episode_info "
+                "have defaults"
             )
         self.policy = policy
         self.num_envs = num_envs
@@ -460,7 +476,7 @@ class VectorRunner:
                 self._send(
                     slot,
                     "reset",
-                    (ep.env, ep.init_state_id, ep.reset_seed, fault),
+                    (ep.env, ep.init_state_id, ep.reset_seed, ep.scene_options, fault),
                     SlotState.WAITING_RESET,
                     self.reset_timeout,
                 )
@@ -523,11 +539,10 @@ class VectorRunner:
             raise ValueError(
                 f"policy.act returned actions of shape {actions.shape}; expected ({len(ready)}, 7)"
             )
-        overlay = getattr(self.policy, "overlay_views", None)
-        if self.capture_frames and callable(overlay):
-            views = overlay(batch, rows)  # optional hook: per row a tuple of annotated camera images or None
+        if self.capture_frames:
+            views = self.policy.overlay_views(batch, rows)  # per row: annotated camera images, or None
             for i, s in enumerate(ready):
-                if views is not None and views[i] is not None:
+                if views[i] is not None:
                     self._active[s].frames[-1] = tuple(views[i])
         for i, s in enumerate(ready):
             a = self._active[s]
@@ -558,6 +573,7 @@ class VectorRunner:
             seed=ep.seed,
             step=a.step,
             env_seed=ep.reset_seed,
+            scene_options=ep.scene_options,
         )
 
     def _capture(self, a: _Active, obs: dict[str, Any]) -> None:
@@ -636,6 +652,8 @@ class VectorRunner:
             "init_state_id": ep.init_state_id,
             "seed": ep.seed,
             "env_seed": ep.reset_seed,
+            "reset_index": ep.reset_index,
+            "seeded_at": ep.seeded_at,
             "status": status,
             "success": status == "success",
             "steps": a.step,
@@ -655,9 +673,9 @@ class VectorRunner:
             },
             "worker": slot,
         }
-        info = getattr(self.policy, "episode_info", None)
-        if callable(info):
-            record["policy_info"] = info(slot)  # optional hook, e.g. per-stage policy timing
+        info = self.policy.episode_info(slot)  # e.g. per-stage policy timing
+        if info:
+            record["policy_info"] = info
         result = EpisodeResult(ep, record, a.frames)
         self._results.append(result)
         self._counts[status] += 1

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from zipmo_robot.policy.base import RowInfo
+from zipmo_robot.policy.base import Policy, RowInfo
+from zipmo_robot.policy.config import PolicyConfig
 from zipmo_robot.policy.ensembling import TemporalEnsembler
 from zipmo_robot.policy.head import InverseDynamicsHead
 from zipmo_robot.policy.overlay import draw_plan, overlay_query_grid
@@ -86,19 +87,19 @@ class BertTaskEmbedder:
         return np.stack(out).astype(np.float32)
 
 
-class RollingReplanner:
+class RollingReplanner(Policy):
     """Planner + inverse-dynamics head with per-row state; implements the runner's `Policy` interface.
 
     Args:
         planner: a LIBERO `MotionPlanner` (its weights are the released head file's `track_predictor.*`).
         head: the `InverseDynamicsHead`.
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
-        nfe: Euler steps per replan (10 released).
-        cfg_scale: guidance scale (1.0 released: no unconditional pass).
-        precision: "bf16" = planner under bf16 autocast (official, default on CPU and GPU) | "fp32".
-        ensemble_mode: "official" | "textbook" (see `policy/ensembling.py`).
+        nfe, cfg_scale, precision, ensemble_mode: as `PolicyConfig` (policy/config.py), which holds the
+            defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
         overlay: decode each plan at an `overlay_grid`² grid of points (one VAE decode per step) and draw
             the tracks on the video frames.
+        options: how the agent was built (checkpoint, text embedding, ...), reported by `resolved_options`
+            with the agent's own settings.
     """
 
     def __init__(
@@ -107,19 +108,18 @@ class RollingReplanner:
         head: InverseDynamicsHead,
         *,
         task_embedder: TaskEmbedder | None = None,
-        nfe: int = 10,
-        cfg_scale: float = 1.0,
-        precision: str = "bf16",
-        ensemble_mode: str = "official",
+        nfe: int = PolicyConfig.nfe,
+        cfg_scale: float = PolicyConfig.cfg_scale,
+        precision: str = PolicyConfig.precision,
+        ensemble_mode: str = PolicyConfig.ensemble,
         overlay: bool = False,
         overlay_grid: int = 8,
         overlay_frames: int = 64,
         overlay_stride: int = 4,
         overlay_queries: int = 80,
+        options: dict[str, Any] | None = None,
     ) -> None:
-        sampling_autocast(precision, "cpu")  # the one precision check (ValueError naming the choices)
-        if nfe < 1:
-            raise ValueError(f"nfe (Euler steps) must be >= 1, got {nfe}")
+        PolicyConfig(nfe=nfe, cfg_scale=cfg_scale, precision=precision, ensemble=ensemble_mode)  # validates
         self.planner = planner.eval()
         self.head = head.eval()
         self.task_embedder = task_embedder
@@ -138,6 +138,7 @@ class RollingReplanner:
         self.latent_shape = planner.latent_shape
         self.uses_episode_step = bool(pcfg.use_step_token)
         self.horizon = head.config.chunk_len
+        self.options = dict(options or {})
         self._rows: dict[int, _Row] = {}
         self._finished: dict[int, dict[str, Any]] = {}
 
@@ -168,6 +169,12 @@ class RollingReplanner:
             return {}
         timing = {k: round(v, 6) for k, v in row.timing.items()}
         return {"timing": timing, "steps": row.step, "nfe": self.nfe, "precision": self.precision}
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The build options and the settings this agent runs with (for config.yaml / summary.json)."""
+        own = {"nfe": self.nfe, "cfg_scale": self.cfg_scale, "precision": self.precision}
+        own.update(ensemble=self.ensemble_mode, overlay=self.overlay, device=str(self.device))
+        return {**self.options, **own}
 
     # -- the Policy interface --------------------------------------------------------------------------
     def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
@@ -297,64 +304,3 @@ class RollingReplanner:
             views = [np.asarray(obs[f"{c}_image"][i]) for c in CAMERAS[: self.num_views]]
             out.append(tuple(draw_plan(views, tracks)))
         return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading a released (or released-layout) policy-head file
-
-
-def split_policy_state_dict(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Released policy-head keys → (planner state dict without `track_predictor.`, head state dict)."""
-    prefix = "track_predictor."
-    planner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    head = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-    if not planner:
-        from zipmo_robot.errors import UserError
-
-        raise UserError(
-            "this file has no track_predictor.* keys, so it is not a ZipMo policy-head checkpoint "
-            "(expected e.g. policy_heads/atm_libero.safetensors; a stand-alone planner file has no head)"
-        )
-    return planner, head
-
-
-def build_policy_models(
-    sd: dict[str, Any], device: str | torch.device = "cpu", dino_heads: int | None = None
-) -> tuple[torch.nn.Module, InverseDynamicsHead]:
-    """Planner + head from one policy-head state dict (official key layout), loaded strictly.
-
-    The file's `track_predictor.*` is the planner (one copy: it is moved into the planner module, not
-    duplicated); its keys go through the core converter (which may fold an identical VAE DINO copy into
-    the planner's, quirk Q20). The head keys map one to one. `sd` is emptied as tensors are consumed.
-    """
-    from zipmo_robot.policy.head import InverseDynamicsHeadConfig
-
-    from zipmo_robot.checkpoints import convert as checkpoints
-    from zipmo_robot.models.planner import build_planner
-
-    planner_sd, head_sd = split_policy_state_dict(sd)
-    sd.clear()
-    kind = "planner_libero_tramoe" if "start_t_mapping.coeffs" in planner_sd else "planner_libero_atm"
-    planner_sd = checkpoints.convert_official_state_dict(kind, planner_sd)
-    try:
-        pcfg = checkpoints.infer_config(kind, planner_sd, dino_num_heads=dino_heads)
-    except ValueError as exc:
-        from zipmo_robot.errors import UserError
-
-        raise UserError(
-            f"{exc} (the file's DINO width is not a multiple of 64, so it is not a release-size checkpoint); "
-            "pass the head count, e.g. `+policy_options.dino_heads=2`, or the size name, e.g. "
-            "`+policy_options.model=tiny`"
-        ) from exc
-    pcfg = replace(pcfg, share_vae_dino=checkpoints.shares_vae_dino(kind, planner_sd), official_quirks=True)
-    planner = build_planner(pcfg)
-    checkpoints.load_strict(planner, planner_sd, f"planner part (track_predictor.*) of the {kind} head file")
-    del planner_sd
-    hcfg = InverseDynamicsHeadConfig.from_state_dict(head_sd)
-    hcfg.grid_size = pcfg.vae.latent_grid
-    hcfg.num_views = pcfg.num_views
-    head = InverseDynamicsHead(hcfg)
-    checkpoints.load_strict(head, head_sd, "policy-head part of the checkpoint")
-    planner.requires_grad_(False)
-    head.requires_grad_(False)
-    return planner.to(device).eval(), head.to(device).eval()

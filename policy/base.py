@@ -44,7 +44,8 @@ class RowInfo:
 
 @runtime_checkable
 class Policy(Protocol):
-    """What the runner needs from a policy."""
+    """Everything the runner and the rollout call on a policy. `reset` and `act` are required; the hooks
+    below have a default (subclass `Policy` to inherit them, as the built-in policies do)."""
 
     def reset(self, seed: int | None = None) -> None:
         """Forget all per-row state (all episodes)."""
@@ -52,8 +53,24 @@ class Policy(Protocol):
     def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
         """Return actions (B, 7) float32 for the B rows of `obs`."""
 
+    def overlay_views(self, obs: dict[str, Any], rows: list[RowInfo]) -> list[tuple[np.ndarray, ...] | None]:
+        """Called after `act` when videos are recorded: per row, the camera images (one per view, as in
+        `obs`) to store in the video instead of the raw ones (e.g. with the plan drawn on), or None to
+        keep the raw images. Default: None for every row."""
+        return [None] * len(rows)
 
-class ZeroPolicy:
+    def episode_info(self, slot: int) -> dict[str, Any]:
+        """Called when the episode in `slot` ends: extra fields for its results.jsonl record (`policy_info`),
+        e.g. per-stage timing. Default: none."""
+        return {}
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The options the policy actually runs with, every default decided (e.g. nfe, precision, device),
+        written beside the results (config.yaml, summary.json). Default: none."""
+        return {}
+
+
+class ZeroPolicy(Policy):
     """Always the dummy action: arm still, gripper open."""
 
     def reset(self, seed: int | None = None) -> None:
@@ -65,7 +82,7 @@ class ZeroPolicy:
         return actions
 
 
-class RandomPolicy:
+class RandomPolicy(Policy):
     """Uniform actions in [-1, 1]; each row draws from its own generator seeded by the episode seed,
     so an episode's actions do not depend on which other episodes share its batch."""
 

@@ -1,90 +1,64 @@
 """Build the rollout policy named on the command line. One function per policy family, so each family's
 owner edits only its own function.
 
-`make_policy(name, options)` where `options` is a plain dict of the rollout command's settings
-(checkpoint, nfe, cfg_scale, precision, device, overlay, demo, suite, tasks, seed, ...).
+`make_policy(name, options)`: `options` is a mapping of the `policy_options` knobs (`PolicyConfig`,
+policy/config.py: their one definition and default) plus the run's settings (suite, tasks, seed, ...,
+`RUN_CONTEXT_KEYS`). The policy's `resolved_options()` reports the values it actually runs with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from zipmo_robot.policy.base import SIMPLE_POLICIES, Policy
+from zipmo_robot.policy.config import PolicyConfig
 
 POLICY_NAMES: tuple[str, ...] = ("zipmo", "random", "zero", "scripted", "replay")
 
 
-def _make_zipmo(options: dict[str, Any]) -> Policy:
-    """ZipMo agent from a released (or released-layout) policy-head file.
-
-    Options: `checkpoint` (official:atm (default) | official:tramoe (the suite's head) | PATH), `nfe` (10),
-    `cfg_scale` (1.0), `precision` (bf16 = the official planner autocast, default; fp32), `device`
-    (default cuda when available, else cpu), `overlay` (plan tracks on videos; default on with a GPU, off
-    on CPU where the extra VAE decode per step is costly), `ensemble` (official | textbook), and for files
-    of non-release sizes `dino_heads` or `model` (a size name of configs/model, e.g. tiny), `text_embedding`
-    (auto | bert | hash: `hash` is a test-only stand-in for BERT, chosen automatically when the file's
-    text width is not BERT's 768).
-    """
+def _make_zipmo(options: Mapping[str, Any]) -> Policy:
+    """ZipMo agent from any policy checkpoint `checkpoints.loader.load_policy` reads (released head file,
+    trained folder, bundled:NAME), with the knobs of `PolicyConfig`."""
     import torch
-    from zipmo_robot.policy.agent import (
-        PRECISIONS,
-        BertTaskEmbedder,
-        HashTaskEmbedder,
-        RollingReplanner,
-        build_policy_models,
-    )
-    from zipmo_robot.policy.ensembling import ENSEMBLE_MODES
+    from zipmo_robot.policy.agent import BertTaskEmbedder, RollingReplanner
 
-    from zipmo_robot.checkpoints import hub
+    from zipmo_robot.checkpoints.loader import load_policy, nfe_mismatch_warning
     from zipmo_robot.errors import UserError
 
-    def opt(key: str, default: Any) -> Any:
-        value = options.get(key)
-        return default if value is None else value
-
+    cfg = PolicyConfig.from_options(options)
     suite = options.get("suite")
-    device = torch.device(opt("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
-    precision = opt("precision", "bf16")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)} (bf16 = official)")
-    ensemble = opt("ensemble", "official")
-    if ensemble not in ENSEMBLE_MODES:
-        raise UserError(f"ensemble={ensemble!r} is not one of {', '.join(ENSEMBLE_MODES)}")
-    nfe = int(opt("nfe", 10))
-    if nfe < 1:
-        raise UserError(f"--nfe must be >= 1 (Euler steps per replan), got {nfe}")
-    dino_heads = options.get("dino_heads")
-    if dino_heads is None and options.get("model") is not None:
+    dino_heads = cfg.dino_heads
+    if dino_heads is None and cfg.model is not None:
         from zipmo_robot.models.sizes import load_sizes
 
-        dino_heads = load_sizes(str(options["model"])).dino.num_heads
+        dino_heads = load_sizes(cfg.model).dino.num_heads
 
-    path = hub.resolve_checkpoint(str(opt("checkpoint", "official:atm")), suite=suite)
-    sd = hub.read_safetensors(path)
-    kind = hub.detect_kind(sd)
-    if not kind.startswith("policy_head"):
-        raise UserError(
-            f"{path} is a {kind} file, not a policy head; --policy zipmo needs a head file such as "
-            "official:atm, official:tramoe or policy_heads/atm_libero.safetensors"
-        )
-    planner, head = build_policy_models(sd, device=device, dino_heads=dino_heads)
+    bundle = load_policy(cfg.checkpoint, device, suite=suite, dino_heads=dino_heads)
+    nfe_mismatch_warning(bundle, cfg.nfe)
+    text_dim = bundle.planner.cfg.d_cross
+    mode = "sentence_code" if cfg.text_embedding == "hash" else cfg.text_embedding
+    embedder: Any = None
+    if mode == "auto" and bundle.task_embedder is not None:
+        embedder, mode = bundle.task_embedder, str(bundle.text_encoder.get("kind", "checkpoint"))
+    elif mode == "auto":
+        mode = "bert" if text_dim == 768 else "sentence_code"
+    if embedder is None and mode == "sentence_code":
+        from zipmo_robot.models.text import SentenceCodeEmbedder
 
-    text_dim = planner.cfg.d_cross
-    mode = opt("text_embedding", "auto")
-    if mode == "auto":
-        mode = "bert" if text_dim == 768 else "hash"
-    if mode == "hash":
-        import warnings
+        if text_dim == 768:
+            import warnings
 
-        warnings.warn(
-            f"task embeddings: deterministic hash stand-in of width {text_dim} (test checkpoints only; "
-            "a real checkpoint uses BERT)",
-            stacklevel=2,
-        )
-        embedder: Any = HashTaskEmbedder(text_dim)
-    elif mode == "bert":
+            warnings.warn(
+                "task embeddings: per-sentence codes instead of BERT for a 768-wide text token; a checkpoint "
+                "trained with BERT will not follow its instructions",
+                stacklevel=2,
+            )
+        embedder = SentenceCodeEmbedder(text_dim)
+    elif embedder is None:
         embedder = BertTaskEmbedder()
         if suite is not None:  # fail before the envs start if BERT or the cache is unavailable
             from zipmo_robot.envs.suites import list_tasks
@@ -92,22 +66,29 @@ def _make_zipmo(options: dict[str, Any]) -> Policy:
             tasks = list_tasks(suite)
             wanted = options.get("tasks") or [t.task_id for t in tasks]
             embedder.cache.get(suite, [tasks[i].language for i in wanted])
-    else:
-        raise UserError(f"text_embedding={mode!r} is not one of auto, bert, hash")
 
+    decided = {
+        "checkpoint": cfg.checkpoint,
+        "device": str(device),
+        "overlay": bool(device.type == "cuda" if cfg.overlay is None else cfg.overlay),
+        "text_embedding": mode,
+        "dino_heads": bundle.planner.cfg.dino.num_heads,
+    }
+    resolved = cfg.resolved(**decided)
     return RollingReplanner(
-        planner,
-        head,
+        bundle.planner,
+        bundle.head,
         task_embedder=embedder,
-        nfe=nfe,
-        cfg_scale=float(opt("cfg_scale", 1.0)),
-        precision=precision,
-        ensemble_mode=ensemble,
-        overlay=bool(opt("overlay", device.type == "cuda")),
+        nfe=cfg.nfe,
+        cfg_scale=cfg.cfg_scale,
+        precision=cfg.precision,
+        ensemble_mode=cfg.ensemble,
+        overlay=resolved["overlay"],
+        options={**resolved, "checkpoint_path": bundle.path, "kind": bundle.kind},
     )
 
 
-def _make_scripted(options: dict[str, Any]) -> Policy:
+def _make_scripted(options: Mapping[str, Any]) -> Policy:
     """The privileged-state pick-and-place expert acting through per-slot shadow envs (policy/scripted.py)."""
     from zipmo_robot.policy.scripted import ScriptedPolicy
 
@@ -117,7 +98,7 @@ def _make_scripted(options: dict[str, Any]) -> Policy:
     )
 
 
-def _make_replay(options: dict[str, Any]) -> Policy:
+def _make_replay(options: Mapping[str, Any]) -> Policy:
     """Replay the actions of `--demo FILE` (an official-layout LIBERO HDF5 file)."""
     from pathlib import Path
 
@@ -137,7 +118,7 @@ def _make_replay(options: dict[str, Any]) -> Policy:
         raise UserError(f"--demo: {exc}") from exc
 
 
-def make_policy(name: str, options: dict[str, Any]) -> Policy:
+def make_policy(name: str, options: Mapping[str, Any]) -> Policy:
     """Return a fresh policy; an unknown name raises `UserError` listing the known ones."""
     from zipmo_robot.errors import UserError
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zipmo_robot.policy.base import ACTION_DIM, RowInfo
+from zipmo_robot.policy.base import ACTION_DIM, Policy, RowInfo
 
 DUMMY_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
 SYNC_TOLERANCE = 1e-6  # max |joint position| difference (rad) between the shadow and the observed env
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(Policy):
     """The pick-and-place expert of `zipmo_robot.data.expert`, acting through per-row shadow envs.
 
     Args:
@@ -98,7 +98,7 @@ class ScriptedPolicy:
         return out
 
 
-class ReplayPolicy:
+class ReplayPolicy(Policy):
     """Replays the actions of a demonstration file: the demo recorded from the row's init state when the file
     says so (`init_state_id` attribute), else demo `episode_index mod n`; the dummy action after its end."""
 

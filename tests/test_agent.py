@@ -20,24 +20,28 @@ from zipmo_robot.policy.base import RowInfo
 TRAMOE = next(
     (k for k in parity.kinds() if "PolicyHeadTraMoE" in parity.kind_info(k).get("official_class", "")), None
 )
-pytestmark = pytest.mark.skipif(TRAMOE is None, reason="no Tra-MoE policy-head kind in the parity manifest")
 
 
 @pytest.fixture(scope="module")
 def models():
-    from zipmo_robot.policy.agent import build_policy_models
+    from zipmo_robot.checkpoints.loader import policy_from_state_dict
 
+    assert TRAMOE is not None, "the parity manifest lists no Tra-MoE policy-head kind"
     heads = parity.manifest()["config"]["dino"]["num_heads"]
-    return build_policy_models(dict(parity.weights(TRAMOE)), dino_heads=heads)
+    planner, head, kind = policy_from_state_dict(dict(parity.weights(TRAMOE)), dino_heads=heads)
+    assert kind == "policy_head_tramoe"
+    return planner, head
 
 
 def _agent(models, **kw):
     """The agent with 2 Euler steps per replan (the behaviour under test does not depend on the count)."""
-    from zipmo_robot.policy.agent import HashTaskEmbedder, RollingReplanner
+    from zipmo_robot.policy.agent import RollingReplanner
+
+    from zipmo_robot.models.text import SentenceCodeEmbedder
 
     planner, head = models
     kw.setdefault("nfe", 2)
-    return RollingReplanner(planner, head, task_embedder=HashTaskEmbedder(planner.cfg.d_cross), **kw)
+    return RollingReplanner(planner, head, task_embedder=SentenceCodeEmbedder(planner.cfg.d_cross), **kw)
 
 
 def _obs(n: int, step: int, salt: int = 0) -> dict:
@@ -225,6 +229,7 @@ def test_missing_official_checkpoint_gives_the_fix(tmp_path) -> None:
     err = proc.stderr
     assert "policy_heads/tramoe_libero_goal.safetensors" in err and "CompVis/ZipMo" in err
     assert "--checkpoint" in err and str(tmp_path / "cache") in err
+    assert "--policy scripted" in err  # the weight-free way to try the stack
     assert not (tmp_path / "run" / "results.jsonl").exists()
 
 

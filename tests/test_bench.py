@@ -123,3 +123,30 @@ def test_bench_without_a_name_or_with_bad_threads_is_a_user_error() -> None:
     assert result.returncode == 2 and "name a benchmark" in result.stderr and "planner" in result.stderr
     result = _cli(["bench", "planner", "--threads", "0"])
     assert result.returncode == 2 and "--threads must be >= 1" in result.stderr
+
+
+def test_bench_agent_cli_writes_a_report(tmp_path: Path) -> None:
+    """`bench agent` at the tiny size through the real CLI: every (size, batch) case, the agent's own stage
+    clocks, the nfe default of the one policy schema, the planner time scaled from the Euler steps run."""
+    from zipmo_robot.policy.config import PolicyConfig
+
+    out = tmp_path / "agent.json"
+    args = ["bench", "agent", "--size", "tiny", "--batch", "1", "2", "--steps", "1", "--warmup", "0"]
+    args += ["--timed-nfe", "1", "--overlay", "--threads", "1", "--json", str(out)]
+    result = _cli(args)
+    assert result.returncode == 0, result.stderr
+    assert "agent benchmark" in result.stdout and f"report written to {out}" in result.stdout
+    report = json.loads(out.read_text())
+    s = report["settings"]
+    assert s["nfe"] == PolicyConfig.nfe and s["precision"] == PolicyConfig.precision and s["overlay"] is True
+    assert [(r["size"], r["batch"]) for r in report["results"]] == [("tiny", 1), ("tiny", 2)]
+    for r in report["results"]:
+        ms = r["ms_per_control_step"]
+        assert set(ms) == {"preprocess", "encode", "plan", "head", "overlay", "total"}
+        assert ms["plan"] > 0 and ms["encode"] > 0 and ms["head"] > 0 and ms["overlay"] > 0
+        assert ms["total"] == pytest.approx(sum(v for k, v in ms.items() if k != "total"), abs=0.05)
+        assert r["ms_per_env_step"] == pytest.approx(ms["total"] / r["batch"], abs=0.05)
+        assert r["timed_nfe"] == 1 and r["plan_extrapolated"] is True and r["params"] > 0
+    assert "suite_hours_policy_only" in report["results"][1]  # the largest batch projects a suite
+    bad = _cli(["bench", "agent", "--size", "tiny", "--precision", "fp16", "--batch", "1"])
+    assert bad.returncode == 2 and "fp16" in bad.stderr and "bf16" in bad.stderr

@@ -1,5 +1,5 @@
 """Key coverage of the released files (no download), the hydra model sizes, readable load errors, and the
-round trip official layout → converter → our modules → file → `hub.load_official`.
+round trip official layout → converter → our modules → file → the one loader (`checkpoints.loader`).
 
 Key coverage: for every listing in ../shared/reference/official_state_dicts/*.txt (the keys and shapes of the
 released files) the release-size models are built on the meta device, a state dict with exactly the listed
@@ -9,6 +9,7 @@ listed tensors are zero-stride views of one scalar, so nothing of release size i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from zipmo_robot.checkpoints import convert as checkpoints
-from zipmo_robot.checkpoints import hub
+from zipmo_robot.checkpoints import hub, loader
 from zipmo_robot.errors import UserError
 from zipmo_robot.models.sizes import HEAD_KINDS, KINDS, PLANNER_KINDS, SIZES, load_sizes, model_sizes
 
@@ -53,8 +54,6 @@ def _official_like(listing: dict[str, tuple[int, ...]], vae_dino_value: float) -
 
 def _meta_models(kind: str, share: bool) -> dict[str, torch.nn.Module]:
     """Release-size model(s) for `kind` on the meta device: {prefix: module}."""
-    from dataclasses import replace
-
     sizes = load_sizes("release")
     config = sizes.config_for(kind)
     hub.restore_torch_device_context()  # in case another test's from_pretrained broke the device context
@@ -191,8 +190,6 @@ def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _tiny(kind: str, share: bool = False, seed: int = 0) -> torch.nn.Module:
-    from dataclasses import replace
-
     config = load_sizes("tiny").config_for(kind)
     if kind != "vae":
         config = replace(config, share_vae_dino=share)
@@ -222,7 +219,7 @@ def test_release_file_into_tiny_model_is_refused_readably(tmp_path: Path) -> Non
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     small = load_sizes("small").config_for("vae")
     with pytest.raises(checkpoints.CheckpointError, match=r"shape mismatch\(es\)") as info:
-        hub.load_official("vae", path, config=small)
+        loader.load_model(path, "vae", config=small)
     assert "encoder.query_token: expected [1, 1, 192], got [1, 1, 32]" in str(info.value)
 
 
@@ -251,7 +248,7 @@ def test_round_trip_through_an_official_layout_file(tmp_path: Path, kind: str, c
     save_file(sd, str(path))
 
     tiny = load_sizes("tiny").config_for(kind)
-    loaded = hub.load_official(None, path, config=tiny)  # kind detected from the keys
+    loaded = loader.load_model(path, config=tiny)  # kind detected from the keys
     assert loaded.cfg.variant == kind.removeprefix("planner_")
     assert loaded.cfg.share_vae_dino is (copies == "identical")
     ours = loaded.state_dict()
@@ -267,8 +264,11 @@ def test_round_trip_through_an_official_layout_file(tmp_path: Path, kind: str, c
     # and back: our state dict saved again loads to the same tensors
     again = tmp_path / "again.safetensors"
     save_file({k: v.contiguous() for k, v in ours.items()}, str(again))
-    reloaded = hub.load_official(kind, again, config=tiny)
+    reloaded = loader.load_model(again, kind, config=tiny)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in ours.items())
+    # without a config the sizes come from the shapes (+ the DINO head count): the same model
+    inferred = loader.load_model(path, dino_heads=tiny.dino.num_heads)
+    assert inferred.cfg == loaded.cfg
 
 
 def test_round_trip_of_a_policy_head_file(tmp_path: Path) -> None:
@@ -281,8 +281,12 @@ def test_round_trip_of_a_policy_head_file(tmp_path: Path) -> None:
     sd.update({k: v.contiguous() for k, v in head.state_dict().items()})
     path = tmp_path / "tramoe_libero_goal.safetensors"
     save_file(sd, str(path))
-    assert hub.detect_kind(sd) == "policy_head_tramoe"
-    got_planner, got_head = hub.load_official(None, path, config=sizes.config_for("policy_head_tramoe"))
+    assert checkpoints.detect_kind(sd) == "policy_head_tramoe"
+    bundle = loader.load_policy(path, dino_heads=sizes.dino.num_heads)
+    assert bundle.kind == "policy_head_tramoe" and bundle.path == str(path) and bundle.source == str(path)
+    got_planner, got_head = bundle.planner, bundle.head
+    assert got_planner.cfg == replace(sizes.config_for("policy_head_tramoe")[0], share_vae_dino=False)
+    assert got_head.config == sizes.head_config()
     assert all(
         torch.equal(got_planner.state_dict()[k[len(PREFIX) :]], v)
         for k, v in sd.items()
@@ -299,4 +303,63 @@ def test_official_spec_without_network_names_the_file(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="zipmo_planner_libero_atm.safetensors"):
-        hub.load_official("planner_libero_atm", "official:planner_libero_atm")
+        loader.load_model("official:planner_libero_atm")
+    with pytest.raises(UserError, match="atm_libero.safetensors") as info:
+        loader.load_policy("official:atm")
+    assert "--policy scripted" in str(info.value)  # the weight-free way to try the stack
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The one loader: specs it refuses, kinds it tells apart
+
+
+def test_policy_loader_refuses_what_is_not_a_policy(tmp_path: Path) -> None:
+    planner = _tiny("planner_libero_atm")
+    path = tmp_path / "planner.safetensors"
+    save_file({k: v.contiguous() for k, v in planner.state_dict().items()}, str(path))
+    with pytest.raises(UserError, match="is a planner_libero_atm file, not a policy head"):
+        loader.load_policy(path, dino_heads=2)
+    with pytest.raises(UserError, match="load it with load_policy"):
+        loader.load_model(_head_file(tmp_path))
+    with pytest.raises(UserError, match=r"no bundled checkpoint 'nope' \(bundled checkpoints: "):
+        loader.load_policy("bundled:nope")
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    (folder / "meta.json").write_text('{"format": "zipmo-robot-checkpoint/0"}')
+    with pytest.raises(UserError, match="format 'zipmo-robot-checkpoint/0'"):
+        loader.load_policy(folder)
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(UserError, match="not readable JSON"):
+        loader.load_policy(folder)
+    with pytest.raises(UserError, match="does not exist"):
+        loader.load_policy(tmp_path / "missing.safetensors")
+
+
+def _head_file(tmp_path: Path, variant: str = "libero_atm") -> Path:
+    """A tiny released-layout policy-head file of `variant`."""
+    from zipmo_robot.policy.head import InverseDynamicsHead
+
+    sizes = load_sizes("tiny")
+    planner = _tiny(f"planner_{variant}", seed=1)
+    head = _randomize(InverseDynamicsHead(sizes.head_config()), 2)
+    sd = {PREFIX + k: v.contiguous() for k, v in planner.state_dict().items()}
+    sd.update({k: v.contiguous() for k, v in head.state_dict().items()})
+    path = tmp_path / f"head_{variant}.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.mark.parametrize("variant", ["libero_atm", "libero_tramoe"])
+def test_one_kind_detector_for_files_and_bundles(tmp_path: Path, variant: str) -> None:
+    """ATM vs Tra-MoE is decided once (`convert.detect_kind`, the §7.3 rule), for the file and the bundle."""
+    path = _head_file(tmp_path, variant)
+    expected = checkpoints.head_kind(variant)
+    assert checkpoints.planner_kind(expected) == f"planner_{variant}"
+    keys = list(loader.read_safetensors(path))
+    assert checkpoints.detect_kind(keys) == expected
+    assert checkpoints.detect_kind([k[len(PREFIX) :] for k in keys if k.startswith(PREFIX)]) == (
+        f"planner_{variant}"
+    )
+    bundle = loader.load_policy(str(path), dino_heads=2)
+    assert bundle.kind == expected and bundle.planner.cfg.variant == variant
+    assert bundle.planner.cfg.use_step_token is (variant == "libero_tramoe")

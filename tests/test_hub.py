@@ -1,8 +1,9 @@
 """Released-file table, checkpoint resolution (local path, drop folder, hub cache), the offline error, the
 `download` command in a real subprocess, and the transformers → official DINOv2 conversion.
 
-These machines have no hub access: the offline tests make the real calls and check that they end in our message
-(from the offline flag or the connection probe, not from the hub client's retry loop).
+The offline tests make the real calls with offline mode forced (HF_HUB_OFFLINE=1) or the hub endpoint pointed at
+a closed local port, so they end in our message on any machine, networked or not (from the offline flag or the
+connection probe, never from the hub client's retry loop or a real download).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zipmo_robot.checkpoints import hub
+from zipmo_robot.checkpoints import convert, hub, loader
 from zipmo_robot.errors import UserError
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dicts"
@@ -56,7 +57,7 @@ def test_table_matches_the_official_listings(name: str) -> None:
     rows = _listing(f.kind)
     assert len(rows) == f.n_tensors
     assert sum(_numel(s) for _, s in rows) == f.numel
-    assert hub.detect_kind([k for k, _ in rows]) in (
+    assert convert.detect_kind([k for k, _ in rows]) in (
         {f.kind, "planner_sparse"} if f.kind == "planner_dense" else {f.kind}
     )
 
@@ -91,7 +92,7 @@ def test_local_path_is_returned_as_is(tmp_path: Path) -> None:
     _write_tiny_safetensors(path)
     assert hub.resolve_checkpoint(path) == path
     assert hub.resolve_checkpoint(str(path)) == path
-    assert torch.equal(hub.read_safetensors(path)["w"], torch.arange(6.0).view(2, 3))
+    assert torch.equal(loader.read_safetensors(path)["w"], torch.arange(6.0).view(2, 3))
 
 
 def test_missing_local_path_is_named_with_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +107,7 @@ def test_damaged_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "broken.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(UserError, match="broken.safetensors"):
-        hub.read_safetensors(path)
+        loader.read_safetensors(path)
 
 
 def test_drop_folder_is_used_without_network(isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,6 +153,7 @@ def _check_offline_message(message: str, f: hub.ReleasedFile, cache: Path) -> No
     assert f"zipmo-robot download {f.name}" in message  # the command to run elsewhere
     assert str(hub.local_drop_dir() / f.basename) in message  # where to put the file
     assert f"--checkpoint /path/to/{f.basename}" in message  # how to pass a path
+    assert "--policy scripted" in message  # how to try the stack without the weights
 
 
 def test_offline_flag_gives_the_full_message(isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,11 +164,10 @@ def test_offline_flag_gives_the_full_message(isolated_cache: Path, monkeypatch: 
     assert "HF_HUB_OFFLINE is set" in str(info.value)
 
 
-def test_no_network_fails_at_the_probe(isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    if hub.hub_reachable()[0]:
-        pytest.skip("this machine reaches the hub; the no-network path cannot be exercised here")
+def test_no_network_fails_at_the_probe(isolated_cache: Path, unreachable_hub: str) -> None:
+    """Offline mode not set, but no route to the hub (the endpoint is a closed local port): the probe fails
+    within seconds and the download never starts."""
+    assert not hub.hub_reachable()[0]
     with pytest.raises(UserError) as info:
         hub.download("head_tramoe_spatial")
     _check_offline_message(
@@ -185,7 +186,11 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_download_command_offline_and_cached(isolated_cache: Path) -> None:
-    env = {"ZIPMO_CACHE": str(isolated_cache / "zipmo"), "HF_HOME": str(isolated_cache / "hf")}
+    env = {
+        "ZIPMO_CACHE": str(isolated_cache / "zipmo"),
+        "HF_HOME": str(isolated_cache / "hf"),
+        "HF_HUB_OFFLINE": "1",  # the first call must fail offline, whatever this machine's network
+    }
     out = _cli(["download", "planner_libero_tramoe"], env)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "zipmo_planner_libero_tramoe.safetensors" in out.stderr and "--checkpoint" in out.stderr

@@ -11,9 +11,9 @@ import parity as P
 import pytest
 import torch
 from parity import tiny_vae_config, unzero
-from test_checkpoints import RELEASE_NUMEL
 
 from zipmo_robot.checkpoints import convert as checkpoints
+from zipmo_robot.checkpoints import hub
 from zipmo_robot.models.planner import PlannerConfig, build_planner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +117,52 @@ def test_sample_decodes_per_view():
     assert torch.equal(model.decode(latents, queries, 5, inputs["start_frame"]), tracks)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_sample_is_prepare_then_euler(precision, cfg_scale):
+    """`sample` is exactly the one sampler the agent and plan generation call: `prepare_sampling` + `euler`
+    (bit for bit, under bf16 autocast too), with the official time grid t = k/S, k = S..1."""
+    from zipmo_robot.models.planner import sampling_autocast
+
+    model = _planner("libero_tramoe")
+    inputs = _inputs("libero_tramoe")
+    z = torch.randn(2, _latent_len(model), 16, generator=torch.Generator().manual_seed(1))
+    times = []
+    original = model.predict_velocity
+    model.predict_velocity = lambda x, t, c: times.append(t[0].item()) or original(x, t, c)
+    with sampling_autocast(precision, "cpu"):
+        whole = model.sample(z, sample_steps=3, cfg_scale=cfg_scale, **inputs)
+        n_whole = len(times)
+        with torch.inference_mode():
+            frame, pokes = inputs["start_frame"], inputs["track_conds"]
+            guidance = model.prepare_sampling(frame, pokes, inputs["txt_emb"], inputs["start_t"], cfg_scale)
+            parts = model.euler(z, guidance, 3)
+    assert torch.equal(whole, parts) and whole.dtype == torch.float32
+    assert (guidance.uncond is None) is (cfg_scale <= 1.0) and guidance.scale == cfg_scale
+    branches = 2 if cfg_scale > 1 else 1
+    assert times[:n_whole] == pytest.approx([t for t in (1.0, 2 / 3, 1 / 3) for _ in range(branches)])
+    with pytest.raises(ValueError, match="steps >= 1"):
+        model.euler(z, guidance, 0)
+
+
+def test_draw_noise_is_the_official_per_row_stream():
+    """Per row: `randn(1, L, C)` then the dummy `randn(1, 1, 5)` from that row's generator, so a row's noise
+    does not depend on the other rows, and each call advances every generator by one such pair."""
+    model = _planner("libero_atm")
+    L, C = model.latent_shape
+    assert (L, C) == (_latent_len(model), 16)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    z, dummy = model.draw_noise(gens)
+    assert z.shape == (2, L, C) and dummy.shape == (2, 1, 5)
+    for i, seed in enumerate((5, 6)):
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(z[i : i + 1], torch.randn((1, L, C), generator=g))
+        assert torch.equal(dummy[i : i + 1], torch.randn((1, 1, 5), generator=g))
+        assert torch.equal(gens[i].get_state(), g.get_state())
+    alone, _ = model.draw_noise([torch.Generator().manual_seed(6)])
+    assert torch.equal(alone[0], z[1])
+
+
 def test_latent_normalisation_round_trip_and_float64_switch():
     model = _planner("sparse")
     z = torch.randn(2, 16, 16) * 3
@@ -207,8 +253,7 @@ def test_training_loss_finite_and_decreasing(variant):
 
 def test_converter_shares_identical_dino_copies_and_keeps_different_ones():
     kind = "planner_libero_atm"
-    if kind not in P.kinds():
-        pytest.skip(f"the fixture set has no {kind}")
+    assert kind in P.kinds(), f"the parity manifest lacks {kind}"
     sd = P.weights(kind)
     cfg = P.planner_config(kind)
     dino_keys = [k for k in sd if k.startswith("img_embedder.model.")]
@@ -264,8 +309,9 @@ def test_own_checkpoint_round_trip_keeps_config_and_quirks(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k]), k
 
 
-# the planner and VAE kinds of the §8.2 table (one copy of it, in test_checkpoints.py)
-PLANNER_KINDS = [k for k in RELEASE_NUMEL if not k.startswith("policy_head")]
+# state-dict numel of the released VAE and planner files (§8.2, the released-file table)
+RELEASE_NUMEL = {f.kind: f.numel for f in hub.RELEASED.values() if f.kind in checkpoints.MODEL_KINDS}
+PLANNER_KINDS = list(checkpoints.MODEL_KINDS)
 
 
 @pytest.mark.parametrize("kind", PLANNER_KINDS)
@@ -275,22 +321,34 @@ def test_release_size_num_params(kind):
     assert model.num_params() == RELEASE_NUMEL[kind]
 
 
-def test_infer_config_recovers_fixture_sizes():
+@pytest.mark.parametrize("kind", checkpoints.MODEL_KINDS)
+def test_infer_config_recovers_fixture_sizes(kind):
+    """The sizes read from a fixture file's shapes are the manifest's, and the file loads strictly into them."""
+    assert kind in P.kinds(), f"the parity manifest lacks {kind}"
     dino_heads = P.manifest()["config"]["dino"]["num_heads"]
-    for kind in checkpoints.MODEL_KINDS:
-        if kind not in P.kinds():
-            continue
-        cfg = checkpoints.infer_config(kind, P.weights(kind), dino_num_heads=dino_heads)
-        model = checkpoints.build_model(kind, cfg)
-        checkpoints.load_strict(model, checkpoints.convert_official_state_dict(kind, P.weights(kind)))
+    converted = checkpoints.convert_official_state_dict(kind, P.weights(kind))
+    cfg = checkpoints.infer_config(kind, converted, dino_num_heads=dino_heads)
+    want = P.vae_config() if kind == "vae" else P.planner_config(kind)
+    vae, want_vae = (cfg, want) if kind == "vae" else (cfg.vae, want.vae)
+    for name in ("d_model", "d_head", "enc_depth", "dec_depth", "latent_dim", "latent_grid"):
+        assert getattr(vae, name) == getattr(want_vae, name), name
+    assert vae.dino == want_vae.dino
+    if kind != "vae":
+        for name in ("width", "depth", "d_head", "d_cond_norm", "mapping_depth", "mapping_d_ff", "ff_expand"):
+            assert getattr(cfg, name) == getattr(want, name), name
+        assert (cfg.variant, cfg.n_cond, cfg.num_views) == (want.variant, want.n_cond, want.num_views)
+        if cfg.is_libero:
+            assert cfg.text_enc_depth == want.text_enc_depth
+    model = checkpoints.build_model(kind, cfg)
+    checkpoints.load_strict(model, converted)
+    assert model.num_params() == sum(v.numel() for v in converted.values())
 
 
 def test_converter_policy_head_and_meta_state_dicts():
     """Inside a policy-head file the planner sits under `track_predictor.`: identical DINO copies are folded
     there too; shape-only (meta) state dicts keep both copies (values unknown)."""
     kind = next((k for k in checkpoints.POLICY_KINDS if k in P.kinds()), None)
-    if kind is None:
-        pytest.skip("the fixture set has no policy-head kind")
+    assert kind is not None, "the parity manifest lists no policy-head kind"
     sd = P.weights(kind)
     prefix = "track_predictor.img_embedder.model."
     same = dict(sd)

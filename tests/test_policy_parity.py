@@ -3,7 +3,7 @@ official `PolicyHead.act`, on every policy-head kind the fixture manifest lists.
 
 Records per kind: the multi-step rollout with real planner sampling in each variant the manifest lists
 (`fp32`: autocast off; `amp`: the official bf16 autocast), and the injected-latent sequence (head +
-ensembling). The weights go through the same loader as a real checkpoint (`build_policy_models`).
+ensembling). The weights go through the same loader as a real checkpoint (`checkpoints.loader`).
 Tolerances: 1e-4 on fp32 records; on actions under autocast 1e-3 where the CPU has AMX bf16 tiles (the kind
 of machine the fixtures and the issue's reference timings come from) and 1e-2 elsewhere. Why: a 10-step
 bf16 Euler rollout is chaotic at the bf16 level (a 1-2 ulp change of the fp32 noise moves the autocast latents
@@ -46,13 +46,15 @@ pytestmark = [
 
 
 def _agent(kind: str, precision: str):
-    from zipmo_robot.policy.agent import RollingReplanner, build_policy_models
+    from zipmo_robot.policy.agent import RollingReplanner
+
+    from zipmo_robot.checkpoints.loader import policy_from_state_dict
 
     info = parity.kind_info(kind)
     sampler = info.get("sampler", {})
     sd = dict(parity.weights(kind))
     heads = parity.manifest()["config"]["dino"]["num_heads"]
-    planner, head = build_policy_models(sd, dino_heads=heads)
+    planner, head, _ = policy_from_state_dict(sd, dino_heads=heads)
     return RollingReplanner(
         planner,
         head,

@@ -10,13 +10,16 @@ from typing import Any
 import numpy as np
 import parity  # tests/parity.py: the fixture loader
 import pytest
+import torch
+import yaml
+from zipmo_robot.policy.base import Policy
 
 pytestmark = pytest.mark.libero
 
 MAX_STEPS = 3
 
 
-class RecordingPolicy:
+class RecordingPolicy(Policy):
     """Forwards everything to the agent and keeps each batch's rows and actions (a real pass-through)."""
 
     def __init__(self, inner: Any) -> None:
@@ -37,6 +40,9 @@ class RecordingPolicy:
     def overlay_views(self, obs: dict[str, Any], rows: list) -> list:
         return self.inner.overlay_views(obs, rows)
 
+    def resolved_options(self) -> dict[str, Any]:
+        return self.inner.resolved_options()
+
 
 def _head_kind() -> str | None:
     heads = [k for k in parity.kinds() if "PolicyHead" in parity.kind_info(k).get("official_class", "")]
@@ -51,8 +57,7 @@ def test_tiny_zipmo_agent_in_two_real_envs(tmp_path) -> None:
     from zipmo_robot.policy.factory import make_policy
 
     kind = _head_kind()
-    if kind is None:
-        pytest.skip("no policy-head kind in the parity manifest")
+    assert kind is not None, "the parity manifest lists no policy-head kind"
     ckpt = parity.fixture_dir() / parity.kind_info(kind)["weights"]
     out = tmp_path / "run"
     cfg = compose(
@@ -62,11 +67,10 @@ def test_tiny_zipmo_agent_in_two_real_envs(tmp_path) -> None:
             "policy=zipmo", f"out={out}", "video=true", "runner.progress=false",
         ],
     )  # fmt: skip
-    options = {
+    options = {  # the schema's own defaults for everything else (precision bf16, cfg_scale 1.0, ...)
         "checkpoint": str(ckpt),
         "dino_heads": parity.manifest()["config"]["dino"]["num_heads"],
         "nfe": 2,
-        "device": "cpu",
         "overlay": True,
         "suite": "libero_goal",
     }
@@ -100,4 +104,14 @@ def test_tiny_zipmo_agent_in_two_real_envs(tmp_path) -> None:
         frames = iio.mimread(video)
         assert len(frames) == MAX_STEPS + 1  # the reset observation + one per step
     assert summary["overall"]["episodes"] == 2
-    assert json.loads((out / "summary.json").read_text())["complete"] is True
+    written = json.loads((out / "summary.json").read_text())
+    assert written["complete"] is True
+    # the values the agent ran with, defaults decided, are written beside the results
+    expected = {"nfe": 2, "precision": "bf16", "cfg_scale": 1.0, "overlay": True}
+    expected["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    saved = yaml.safe_load((out / "config.yaml").read_text())["policy_options"]
+    for where in (saved, written["settings"]["policy_options"], written["policy_resolved"]):
+        assert {k: where[k] for k in expected} == expected, where
+    assert written["policy_resolved"]["kind"] == kind and written["policy_resolved"][
+        "checkpoint_path"
+    ] == str(ckpt)

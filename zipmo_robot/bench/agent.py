@@ -14,7 +14,8 @@ import argparse
 import time
 from typing import Any
 
-STAGES = ("preprocess_s", "encode_s", "plan_s", "head_s", "overlay_s")
+from zipmo_robot.policy.config import PolicyConfig
+
 SUITE_TASKS, SUITE_EPISODES, SUITE_MAX_STEPS = 10, 10, 600  # the released evaluation (§7)
 
 
@@ -24,8 +25,13 @@ def agent_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--variant", default="libero_atm", choices=("libero_atm", "libero_tramoe"))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes (default: 1 10)")
-    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="planner numerics")
-    parser.add_argument("--nfe", type=int, default=10, help="Euler steps per replan (10 released)")
+    nfe, precision = PolicyConfig.nfe, PolicyConfig.precision  # the class defaults (no validation import)
+    parser.add_argument(
+        "--precision", default=precision, help=f"planner numerics: bf16 | fp32 (default {precision})"
+    )
+    parser.add_argument(
+        "--nfe", type=int, default=nfe, help=f"Euler steps per replan (default {nfe}, as released)"
+    )
     parser.add_argument(
         "--timed-nfe",
         type=int,
@@ -43,7 +49,8 @@ def _random_agent(size: str, variant: str, args: argparse.Namespace, nfe: int) -
 
     from zipmo_robot.models.planner import build_planner
     from zipmo_robot.models.sizes import load_sizes
-    from zipmo_robot.policy.agent import HashTaskEmbedder, RollingReplanner
+    from zipmo_robot.models.text import SentenceCodeEmbedder
+    from zipmo_robot.policy.agent import RollingReplanner
     from zipmo_robot.policy.head import InverseDynamicsHead
 
     sizes = load_sizes(size, list(getattr(args, "overrides", []) or []))
@@ -69,7 +76,7 @@ def _random_agent(size: str, variant: str, args: argparse.Namespace, nfe: int) -
     agent = RollingReplanner(
         planner,
         head,
-        task_embedder=HashTaskEmbedder(cfg.d_cross),
+        task_embedder=SentenceCodeEmbedder(cfg.d_cross),
         nfe=nfe,
         precision=args.precision,
         overlay=args.overlay,
@@ -92,6 +99,7 @@ def _observation(batch: int, step: int) -> dict[str, Any]:
 
 def _case(agent: Any, batch: int, steps: int, warmup: int, plan_scale: float) -> dict[str, Any]:
     """Per-control-step milliseconds of one batch size (stage times summed over the batch's rows)."""
+    from zipmo_robot.policy.agent import STAGES
     from zipmo_robot.policy.base import RowInfo
 
     agent.reset()

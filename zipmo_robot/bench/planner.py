@@ -23,6 +23,7 @@ from zipmo_robot.bench.common import (
     time_call,
     timed_calls,
 )
+from zipmo_robot.policy.config import PolicyConfig
 
 
 def planner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,7 @@ def planner_arguments(parser: argparse.ArgumentParser) -> None:
         help="untimed calls before the timed conditioning calls and steps (default 1)",
     )
     parser.add_argument(
-        "--nfe", type=int, default=10, help="Euler steps of one replan (10 in the release agent)"
+        "--nfe", type=int, default=PolicyConfig.nfe, help="Euler steps of one replan (default: the agent's)"
     )
     parser.add_argument(
         "--full-replan",

@@ -16,33 +16,82 @@ import json
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from zipmo_robot.models.dino import DinoConfig
 from zipmo_robot.models.planner import PlannerConfig, build_planner
+from zipmo_robot.models.sizes import HEAD_KINDS, KINDS, PLANNER_KINDS
 from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
-MODEL_KINDS = ("vae", "planner_sparse", "planner_dense", "planner_libero_atm", "planner_libero_tramoe")
-POLICY_KINDS = ("policy_head_atm", "policy_head_tramoe")
-ALL_KINDS = MODEL_KINDS + POLICY_KINDS
+# Views of the one list of kinds (`models.sizes.KINDS`): models built alone, and policy-head files.
+MODEL_KINDS: tuple[str, ...] = ("vae", *PLANNER_KINDS)
+POLICY_KINDS: tuple[str, ...] = tuple(HEAD_KINDS)
+ALL_KINDS: tuple[str, ...] = KINDS
 
 # official prefix -> our prefix, per kind (identity: module names follow the official keys).
 PREFIX_MAP: dict[str, dict[str, str]] = {kind: {"": ""} for kind in ALL_KINDS}
 
 _DINO = "img_embedder.model."
 _VAE_DINO = "vae.img_embedder.model."
-_PLANNER_PREFIX = {"policy_head_atm": "track_predictor.", "policy_head_tramoe": "track_predictor."}
+_HEAD_PREFIX = "track_predictor."  # where a policy-head file keeps its planner
+_PLANNER_PREFIX = dict.fromkeys(HEAD_KINDS, _HEAD_PREFIX)
 
 
 class CheckpointError(ValueError):
     """A state dict does not fit a model: lists missing keys, unexpected keys and shape mismatches."""
 
 
+class SizeInferenceError(ValueError):
+    """A size the tensor shapes do not reveal (the DINO head count of a non-release width)."""
+
+
 def _check_kind(kind: str, allowed: tuple[str, ...] = ALL_KINDS) -> None:
     if kind not in allowed:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(allowed)}")
+
+
+def detect_kind(keys: Any) -> str:
+    """The official kind of a state dict from its key names (§12): the one kind detector.
+
+    Tra-MoE vs ATM is §7.3's rule: a `start_t_mapping.*` module (under `track_predictor.` in a policy-head
+    file). Sparse and dense planners share one key set (§12.3; dense differs only in n_cond): `planner_sparse`.
+    """
+    from zipmo_robot.errors import UserError
+
+    names = list(keys)
+    if any(k.startswith(_HEAD_PREFIX) for k in names):
+        tramoe = any(k.startswith(_HEAD_PREFIX + "start_t_mapping.") for k in names)
+        return "policy_head_tramoe" if tramoe else "policy_head_atm"
+    if any(k.startswith("text_encoder.") for k in names):
+        tramoe = any(k.startswith("start_t_mapping.") for k in names)
+        return "planner_libero_tramoe" if tramoe else "planner_libero_atm"
+    if any(k.startswith("backbone.") for k in names):
+        return "planner_sparse"
+    if any(k.startswith("encoder.") for k in names) and any(k.startswith("decoder.") for k in names):
+        return "vae"
+    raise UserError(
+        "cannot tell which model this state dict is: no track_predictor.*, text_encoder.*, backbone.* or "
+        "encoder./decoder.* keys; pass the kind explicitly"
+    )
+
+
+def planner_kind(kind: str) -> str:
+    """The planner kind inside a policy-head kind (`policy_head_tramoe` -> `planner_libero_tramoe`)."""
+    _check_kind(kind, POLICY_KINDS)
+    return "planner_" + HEAD_KINDS[kind]
+
+
+def head_kind(variant: str) -> str:
+    """The policy-head kind whose planner has `variant` (`libero_tramoe` -> `policy_head_tramoe`)."""
+    for kind, v in HEAD_KINDS.items():
+        if v == variant:
+            return kind
+    raise ValueError(
+        f"no policy-head kind has a {variant!r} planner; LIBERO variants: {list(HEAD_KINDS.values())}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -188,17 +237,25 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "stat
 
 
 def model_from_official(
-    kind: str, sd: dict[str, torch.Tensor], config: VAEConfig | PlannerConfig | None = None
+    kind: str,
+    sd: dict[str, torch.Tensor],
+    config: VAEConfig | PlannerConfig | None = None,
+    *,
+    dino_num_heads: int | None = None,
+    what: str | None = None,
 ) -> nn.Module:
     """Convert an official state dict of a model kind, build the model (sharing DINO when the file's two
-    copies are identical) and load it strictly. The official quirks are on (the released behaviour)."""
+    copies are identical) and load it strictly. The official quirks are on (the released behaviour).
+
+    `config` None: sizes from the tensor shapes (`infer_config`; `dino_num_heads` as there)."""
     _check_kind(kind, MODEL_KINDS)
     converted = convert_official_state_dict(kind, sd)
-    config = default_config(kind) if config is None else config
+    if config is None:
+        config = infer_config(kind, converted, dino_num_heads=dino_num_heads)
     if isinstance(config, PlannerConfig):
         config = replace(config, share_vae_dino=shares_vae_dino(kind, converted), official_quirks=True)
     model = build_model(kind, config)
-    load_strict(model, converted, f"official {kind} checkpoint")
+    load_strict(model, converted, what or f"official {kind} checkpoint")
     return model
 
 
@@ -223,7 +280,9 @@ def infer_config(
     E = sd[dino_prefix + "cls_token"].shape[-1]
     if dino_num_heads is None:
         if E % 64:
-            raise ValueError(f"cannot infer the DINO head count for embed_dim={E}; pass dino_num_heads")
+            raise SizeInferenceError(
+                f"cannot infer the DINO head count for embed_dim={E}; pass dino_num_heads"
+            )
         dino_num_heads = E // 64
     dino = DinoConfig(
         embed_dim=E,

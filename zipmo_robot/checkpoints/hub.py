@@ -3,7 +3,7 @@
 `resolve_checkpoint("official:<name>" | PATH)` returns a local file: a plain path as is, a released name from
 the local drop folder, the huggingface cache, or a download (`hf_hub_download`). Without network it fails fast
 with one message naming the file, the repo, the cache folders and the command to run elsewhere.
-`load_official(kind, spec)` reads a file, converts its keys and loads it strictly into a release-size model.
+Loading a file into our modules is `checkpoints.loader` (`load_policy`, `load_model`), the one loader.
 `dinov2_from_transformers(sd)` converts transformers' `Dinov2WithRegistersModel` weights to the official DINO
 layout (ZIPMO_REFERENCE.md §2.1), for training from scratch without a ZipMo checkpoint.
 
@@ -267,7 +267,10 @@ def _cached_hf_file(f: ReleasedFile, cache_dir: Path) -> Path | None:
 
 
 def offline_message(f: ReleasedFile, cache_dir: Path, reason: str) -> str:
-    """The error text for a released file that is not on this machine and cannot be downloaded."""
+    """The error text for a released file that is not on this machine and cannot be downloaded: where we
+    looked, how to fetch it elsewhere, where to put it, and how to try the stack without it."""
+    from zipmo_robot.checkpoints.loader import weight_free_hint
+
     drop = local_drop_dir() / f.basename
     return (
         f"the released file {f.filename!r} (repo {REPO_ID}, ~{f.size_gb:.1f} GB in fp32) is not on this machine "
@@ -278,7 +281,8 @@ def offline_message(f: ReleasedFile, cache_dir: Path, reason: str) -> str:
         f"    (or: hf download {REPO_ID} {f.filename} --local-dir DIR), then either copy the file to\n"
         f"      {drop}\n"
         f"    or pass its path directly: --checkpoint /path/to/{f.basename}\n"
-        f"    (copying a whole huggingface cache folder and setting HF_HOME / --cache works too)"
+        f"    (copying a whole huggingface cache folder and setting HF_HOME / --cache works too)\n"
+        f"{weight_free_hint()}"
     )
 
 
@@ -342,115 +346,11 @@ def resolve_checkpoint(
         hint = (
             f"; did you mean official:{text}?"
             if text in RELEASED or text in ALIASES or text == "tramoe"
-            else "; give an existing .safetensors file or official:<name> "
-            f"(names: {', '.join(RELEASED)}, atm, tramoe)"
+            else "; give an existing .safetensors file, a trained checkpoint folder, bundled:<name> or "
+            f"official:<name> (names: {', '.join(RELEASED)}, atm, tramoe)"
         )
         raise UserError(f"checkpoint file {str(path)!r} does not exist{hint}")
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loading released files into our modules
-
-
-def detect_kind(keys: list[str] | Mapping[str, Any]) -> str:
-    """Infer the official kind from a state dict's key names (§12; the Tra-MoE rule is §7.3's)."""
-    names = list(keys)
-    if any(k.startswith("track_predictor.") for k in names):
-        tramoe = any(k.startswith("track_predictor.start_t_mapping") for k in names)
-        return "policy_head_tramoe" if tramoe else "policy_head_atm"
-    if any(k.startswith("text_encoder.") for k in names):
-        return (
-            "planner_libero_tramoe"
-            if any(k.startswith("start_t_mapping.") for k in names)
-            else "planner_libero_atm"
-        )
-    if any(k.startswith("backbone.") for k in names):
-        # sparse and dense share one key set (§12.3); the dense model differs only in n_cond (40 pokes)
-        return "planner_sparse"
-    if any(k.startswith("encoder.") for k in names) and any(k.startswith("decoder.") for k in names):
-        return "vae"
-    raise UserError(
-        "cannot tell which model this state dict is: no track_predictor.*, text_encoder.*, backbone.* or "
-        "encoder./decoder.* keys; pass the kind explicitly"
-    )
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every tensor of a .safetensors file on CPU; a damaged file raises `UserError` naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(os.fspath(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot read checkpoint {os.fspath(path)!r}: {exc}; re-download it (zipmo-robot download ...)"
-        ) from exc
-
-
-def load_official(
-    kind: str | None,
-    path_or_spec: str | os.PathLike,
-    *,
-    suite: str | None = None,
-    config: Any = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Any:
-    """Build the model of `kind` and load a released (official-layout) file into it strictly.
-
-    `kind`: `vae`, `planner_<sparse|dense|libero_atm|libero_tramoe>` or `policy_head_<atm|tramoe>`; None
-    detects it from the keys. `config`: what `model_configs.ModelSizes.config_for(kind)` returns (default:
-    release sizes). Keys go through `checkpoints.convert_official_state_dict`; when a planner's two DINO
-    copies are identical the model is built with one shared copy (quirk Q20). Every missing/unexpected key
-    and shape mismatch is reported in one `checkpoints.CheckpointError`. Returns the model in eval mode, or
-    `(planner, head)` for a policy-head file (the head file's own planner: one copy, loaded once).
-    """
-    from zipmo_robot.models.sizes import HEAD_KINDS, release_config
-
-    path = resolve_checkpoint(path_or_spec, suite=suite, cache_dir=cache_dir)
-    sd = read_safetensors(path)
-    kind = kind or detect_kind(sd)
-    config = config if config is not None else release_config(kind)
-    if kind in HEAD_KINDS:
-        planner_cfg, head_cfg = config
-        return _load_head(kind, sd, planner_cfg, head_cfg, str(path))
-    return _load_model(kind, sd, config, str(path)).eval()
-
-
-def _load_model(kind: str, sd: dict[str, Any], config: Any, what: str, prefix: str = "") -> Any:
-    """Convert (`prefix` = where the planner sits in `sd`), build with the right DINO sharing, load strictly.
-
-    Tensors under `prefix` are removed from `sd` as they are consumed, so a file is never held twice.
-    """
-    from dataclasses import replace
-
-    from zipmo_robot.checkpoints import convert as checkpoints
-
-    part = {k[len(prefix) :]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
-    sub_kind = (
-        kind if not prefix else ("planner_libero_tramoe" if kind.endswith("tramoe") else "planner_libero_atm")
-    )
-    converted = checkpoints.convert_official_state_dict(sub_kind, part)
-    del part
-    if sub_kind != "vae":
-        config = replace(config, share_vae_dino=checkpoints.shares_vae_dino(sub_kind, converted))
-    model = checkpoints.build_model(sub_kind, config)
-    checkpoints.load_strict(model, converted, f"official {kind} checkpoint {what}")
-    return model
-
-
-def _load_head(kind: str, sd: dict[str, Any], planner_cfg: Any, head_cfg: Any, what: str) -> tuple[Any, Any]:
-    """A released policy-head file → (LIBERO planner from `track_predictor.*`, inverse-dynamics head)."""
-    from zipmo_robot.checkpoints import convert as checkpoints
-    from zipmo_robot.policy.head import InverseDynamicsHead
-
-    if not any(k.startswith("track_predictor.") for k in sd):
-        raise UserError(f"{what} has no track_predictor.* keys: it is not a policy-head file ({kind})")
-    planner = _load_model(kind, sd, planner_cfg, what, prefix="track_predictor.")
-    head = InverseDynamicsHead(head_cfg)
-    checkpoints.load_strict(head, sd, f"official {kind} checkpoint {what} (head part)")
-    return planner.eval(), head.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -568,3 +468,11 @@ def _hub_model_message(model_id: str, reason: str) -> str:
         f"  fix: on a machine with network run `hf download {model_id} --local-dir DIR`, copy DIR here and pass "
         f"the folder path instead of the model name (or copy a huggingface cache and set HF_HOME)"
     )
+
+
+def load_official(kind: str | None, path_or_spec: str | os.PathLike, **kwargs: Any) -> Any:
+    """Old name of `checkpoints.loader.load_model(path_or_spec, kind, ...)` (VAE and planner files), kept
+    for callers written before the one loader; policy heads load with `loader.load_policy`."""
+    from zipmo_robot.checkpoints.loader import load_model
+
+    return load_model(path_or_spec, kind, **kwargs)
