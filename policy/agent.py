@@ -60,6 +60,18 @@ class _Row:
     last_tracks: np.ndarray | None = None  # (V, N, T, 2) yx of the latest plan, when overlays are on
 
 
+@dataclass(frozen=True)
+class OverlaySpec:
+    """How a plan is drawn: a `grid`² grid of query points per view, decoded over `frames` frames and drawn
+    every `stride`-th frame; the decoder sees `queries` points (its output depends on the other queries,
+    Q12, so the grid is padded to the training query count)."""
+
+    grid: int = 8
+    frames: int = 64
+    stride: int = 4
+    queries: int = 80
+
+
 @dataclass
 class StepOutput:
     """Everything one batched step produced (for parity checks and visualisation)."""
@@ -96,7 +108,7 @@ class RollingReplanner(Policy):
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
         nfe, cfg_scale, precision, ensemble_mode: as `PolicyConfig` (policy/config.py), which holds the
             defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
-        overlay: decode each plan at an `overlay_grid`² grid of points (one VAE decode per step) and draw
+        overlay: decode each plan at a grid of points (one VAE decode per step, `overlay_spec`) and draw
             the tracks on the video frames.
         options: how the agent was built (checkpoint, text embedding, ...), reported by `resolved_options`
             with the agent's own settings.
@@ -113,25 +125,14 @@ class RollingReplanner(Policy):
         precision: str = PolicyConfig.precision,
         ensemble_mode: str = PolicyConfig.ensemble,
         overlay: bool = False,
-        overlay_grid: int = 8,
-        overlay_frames: int = 64,
-        overlay_stride: int = 4,
-        overlay_queries: int = 80,
+        overlay_spec: OverlaySpec = OverlaySpec(),
         options: dict[str, Any] | None = None,
     ) -> None:
-        PolicyConfig(nfe=nfe, cfg_scale=cfg_scale, precision=precision, ensemble=ensemble_mode)  # validates
-        self.planner = planner.eval()
-        self.head = head.eval()
-        self.task_embedder = task_embedder
-        self.nfe = nfe
-        self.cfg_scale = float(cfg_scale)
-        self.precision = precision
-        self.ensemble_mode = ensemble_mode
-        self.overlay = overlay
-        self.overlay_grid = overlay_grid
-        self.overlay_frames = overlay_frames
-        self.overlay_stride = overlay_stride
-        self.overlay_queries = overlay_queries
+        self.config = PolicyConfig(  # validated once, here
+            nfe=nfe, cfg_scale=float(cfg_scale), precision=precision, ensemble=ensemble_mode, overlay=overlay
+        )
+        self.planner, self.head, self.task_embedder = planner.eval(), head.eval(), task_embedder
+        self.overlay_spec = overlay_spec
         self.device = next(head.parameters()).device
         pcfg = planner.cfg
         self.num_views = pcfg.num_views
@@ -156,7 +157,7 @@ class RollingReplanner(Policy):
         self._rows[slot] = _Row(
             seed=int(seed),
             generator=gen,
-            ensembler=TemporalEnsembler(horizon=self.horizon, mode=self.ensemble_mode),
+            ensembler=TemporalEnsembler(horizon=self.horizon, mode=self.config.ensemble),
             task_emb=task_emb.to(self.device, torch.float32),
             language=language,
         )
@@ -168,13 +169,18 @@ class RollingReplanner(Policy):
         if row is None:
             return {}
         timing = {k: round(v, 6) for k, v in row.timing.items()}
-        return {"timing": timing, "steps": row.step, "nfe": self.nfe, "precision": self.precision}
+        return {
+            "timing": timing,
+            "steps": row.step,
+            "nfe": self.config.nfe,
+            "precision": self.config.precision,
+        }
 
     def resolved_options(self) -> dict[str, Any]:
         """The build options and the settings this agent runs with (for config.yaml / summary.json)."""
-        own = {"nfe": self.nfe, "cfg_scale": self.cfg_scale, "precision": self.precision}
-        own.update(ensemble=self.ensemble_mode, overlay=self.overlay, device=str(self.device))
-        return {**self.options, **own}
+        c = self.config
+        own = {"nfe": c.nfe, "cfg_scale": c.cfg_scale, "precision": c.precision, "ensemble": c.ensemble}
+        return {**self.options, **own, "overlay": bool(c.overlay), "device": str(self.device)}
 
     # -- the Policy interface --------------------------------------------------------------------------
     def act(self, obs: dict[str, Any], rows: list[RowInfo]) -> np.ndarray:
@@ -235,14 +241,14 @@ class RollingReplanner(Policy):
         txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
         t_pre = time.perf_counter()
 
-        autocast = sampling_autocast(self.precision, dev)
+        autocast = sampling_autocast(self.config.precision, dev)
         with autocast:
             guidance = planner.prepare_sampling(
-                frames, track_conds=track_conds, txt_emb=txt, start_t=start_t, cfg_scale=self.cfg_scale
+                frames, track_conds=track_conds, txt_emb=txt, start_t=start_t, cfg_scale=self.config.cfg_scale
             )
             t_enc = time.perf_counter()
             if latents_override is None:
-                latents = planner.euler(z, guidance, self.nfe)
+                latents = planner.euler(z, guidance, self.config.nfe)
             else:
                 latents = latents_override.to(dev, torch.float32)
         if dev.type == "cuda":
@@ -256,7 +262,7 @@ class RollingReplanner(Policy):
         t_head = time.perf_counter()
 
         t_ovl = t_head
-        if self.overlay:
+        if self.config.overlay:
             tracks = self._decode_overlay(latents, frames, autocast)
             for i, row in enumerate(rows):
                 row.last_tracks = tracks[i]
@@ -282,18 +288,18 @@ class RollingReplanner(Policy):
         The decoder's output depends on the other queries (Q12), so the grid is padded to the training
         query count with fixed pseudo-random points (generator seed 0; not the rows' generators)."""
         b, v = frames.shape[:2]
-        grid = torch.from_numpy(overlay_query_grid(self.overlay_grid)).to(self.device)
-        n_pad = max(self.overlay_queries - grid.shape[0], 0)
+        grid = torch.from_numpy(overlay_query_grid(self.overlay_spec.grid)).to(self.device)
+        n_pad = max(self.overlay_spec.queries - grid.shape[0], 0)
         pad = torch.rand((n_pad, 2), generator=torch.Generator().manual_seed(0)) * 2 - 1
         queries = torch.cat([grid, pad.to(self.device)])[None, None].expand(b, v, -1, -1)
         with autocast:
-            tracks = self.planner.decode(latents, queries, self.overlay_frames, frames)
-        tracks = tracks[:, :, : grid.shape[0], :: self.overlay_stride].float()
+            tracks = self.planner.decode(latents, queries, self.overlay_spec.frames, frames)
+        tracks = tracks[:, :, : grid.shape[0], :: self.overlay_spec.stride].float()
         return tracks.cpu().numpy()
 
     def overlay_views(self, obs: dict[str, Any], rows: list[RowInfo]) -> list[tuple[np.ndarray, ...] | None]:
         """Runner hook: per row, the camera images with the latest plan drawn on (None when overlays are off)."""
-        if not self.overlay:
+        if not self.config.overlay:
             return [None] * len(rows)
         out: list[tuple[np.ndarray, ...] | None] = []
         for i, r in enumerate(rows):

@@ -15,6 +15,7 @@ from parity import tiny_vae_config, unzero
 from zipmo_robot.checkpoints import convert as checkpoints
 from zipmo_robot.checkpoints import hub
 from zipmo_robot.models.planner import PlannerConfig, build_planner
+from zipmo_robot.models.sizes import VARIANTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +69,6 @@ class _Counter:
         self.n += 1
 
 
-VARIANTS = ["sparse", "dense", "libero_atm", "libero_tramoe"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -135,7 +135,9 @@ def test_sample_is_prepare_then_euler(precision, cfg_scale):
         n_whole = len(times)
         with torch.inference_mode():
             frame, pokes = inputs["start_frame"], inputs["track_conds"]
-            guidance = model.prepare_sampling(frame, pokes, inputs["txt_emb"], inputs["start_t"], cfg_scale)
+            guidance = model.prepare_sampling(
+                frame, cfg_scale, track_conds=pokes, txt_emb=inputs["txt_emb"], start_t=inputs["start_t"]
+            )
             parts = model.euler(z, guidance, 3)
     assert torch.equal(whole, parts) and whole.dtype == torch.float32
     assert (guidance.uncond is None) is (cfg_scale <= 1.0) and guidance.scale == cfg_scale

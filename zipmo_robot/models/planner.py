@@ -57,6 +57,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,9 +72,9 @@ from zipmo_robot.models.blocks import (
 )
 from zipmo_robot.models.dino import DinoConfig, ImageEncoder
 from zipmo_robot.models.rope import centers, make_axial_pos_2d
+from zipmo_robot.models.sizes import VARIANTS
 from zipmo_robot.models.vae import TrajectoryVAE, VAEConfig
 
-VARIANTS = ("sparse", "dense", "libero_atm", "libero_tramoe")
 # The official `sample(..., sample_steps=50)` default (open-domain scripts). The LIBERO agent's count is the
 # policy's knob, `policy.config.PolicyConfig.nfe` (10 released); sampling settings are not model config.
 OFFICIAL_SAMPLE_STEPS = 50
@@ -473,22 +474,14 @@ class MotionPlanner(nn.Module):
         return -v if self.cfg.paper_time_convention else v
 
     # -- sampling (the one Euler/CFG sampler: `sample`, the agent, `bench`, behavioural-cloning plans) -----
-    def prepare_sampling(
-        self,
-        start_frame: torch.Tensor,
-        track_conds: torch.Tensor | None = None,
-        txt_emb: torch.Tensor | None = None,
-        start_t: torch.Tensor | None = None,
-        cfg_scale: float = 1.0,
-    ) -> Guidance:
+    def prepare_sampling(self, start_frame: torch.Tensor, cfg_scale: float = 1.0, **inputs: Any) -> Guidance:
         """Static conditioning of one sampling call, computed once: image features, text/poke (and step)
         tokens, the image-token projection and every layer's cross-attention k/v; the unconditional branch
-        only when `cfg_scale > 1`. Inputs as `sample`. Runs in the caller's grad/autocast mode."""
-        cond = self.prepare(
-            self.conditioning(start_frame, track_conds=track_conds, txt_emb=txt_emb, start_t=start_t)
-        )
+        only when `cfg_scale > 1`. `inputs`: the keywords of `conditioning` (`track_conds`, LIBERO `txt_emb`,
+        Tra-MoE `start_t`), shapes as in the module docstring. Runs in the caller's grad/autocast mode."""
+        cond = self.prepare(self.conditioning(start_frame, **inputs))
         s = float(cfg_scale)
-        uncond = self.prepare(self.unconditioning(cond, start_t=start_t)) if s > 1.0 else None
+        uncond = self.prepare(self.unconditioning(cond, start_t=inputs.get("start_t"))) if s > 1.0 else None
         return Guidance(cond, uncond, s)
 
     def euler(self, z: torch.Tensor, guidance: Guidance, steps: int) -> torch.Tensor:
@@ -527,7 +520,9 @@ class MotionPlanner(nn.Module):
         With `query_pos` and `points_per_track` the latents are denormalised and decoded instead
         (open-domain: query_pos (B, Nq, 2) -> (B, Nq, T, 2); LIBERO: (B, V, Nq, 2) -> (B, V, Nq, T, 2)).
         """
-        guidance = self.prepare_sampling(start_frame, track_conds, txt_emb, start_t, cfg_scale)
+        guidance = self.prepare_sampling(
+            start_frame, cfg_scale, track_conds=track_conds, txt_emb=txt_emb, start_t=start_t
+        )
         x = self.euler(z, guidance, sample_steps)
         if query_pos is None:
             return x

@@ -1,4 +1,5 @@
-"""Model sizes from hydra (`configs/model/{release,small,tiny}.yaml`) to the config dataclasses.
+"""Model sizes from hydra (`configs/model/{release,small,tiny}.yaml`) to the config dataclasses, and the one
+list of planner variants and model kinds (`VARIANTS`, `KINDS`; `checkpoints.convert` detects them).
 
 A composed `model` node has four sections: `dino` (`DinoConfig`, shared by the planner's image encoder and
 the VAE's), `vae` (`VAEConfig`), `planner` (`PlannerConfig` minus `variant`, `vae`, `dino`) and `head`
@@ -16,13 +17,14 @@ from typing import Any
 from zipmo_robot.errors import UserError
 
 SIZES: tuple[str, ...] = ("release", "small", "tiny")
-PLANNER_KINDS: dict[str, str] = {
-    "planner_sparse": "sparse",
-    "planner_dense": "dense",
-    "planner_libero_atm": "libero_atm",
-    "planner_libero_tramoe": "libero_tramoe",
+# The planner variants (open-domain pokes; LIBERO text + two views, Tra-MoE adding the episode step) and the
+# one list of model kinds (the official state-dict layouts, ZIPMO_REFERENCE.md §12) derived from them:
+# kind -> planner variant, for planner files and for policy-head files (which carry their planner).
+VARIANTS: tuple[str, ...] = ("sparse", "dense", "libero_atm", "libero_tramoe")
+PLANNER_KINDS: dict[str, str] = {f"planner_{v}": v for v in VARIANTS}
+HEAD_KINDS: dict[str, str] = {
+    f"policy_head_{v.removeprefix('libero_')}": v for v in VARIANTS if v.startswith("libero")
 }
-HEAD_KINDS: dict[str, str] = {"policy_head_atm": "libero_atm", "policy_head_tramoe": "libero_tramoe"}
 KINDS: tuple[str, ...] = ("vae", *PLANNER_KINDS, *HEAD_KINDS)
 # PlannerConfig fields a size file must not set: they come from the kind or from the other sections.
 _PLANNER_DERIVED = ("variant", "vae", "dino")
