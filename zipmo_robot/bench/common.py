@@ -147,6 +147,56 @@ def matmul_throughput(
     return {"dtype": dtype_name, "gflops_per_shape": per_shape, "gflops": max(per_shape.values())}
 
 
+def planner_linear_shapes(cfg: Any, batch: int) -> list[tuple[int, int, int, int]]:
+    """The GEMMs of one velocity evaluation of a planner (`PlannerConfig`) as `(M, K, N, count)`: per layer
+    qkv, self-attention out, cross-attention q and out, SwiGLU up and down (M = batch x tokens)."""
+    V = cfg.num_views if cfg.is_libero else 1
+    M = batch * (V * cfg.vae.n_latents + V * cfg.dino.grid**2)
+    W, F = cfg.width, cfg.width * cfg.ff_expand
+    shapes = {(M, W, 3 * W): 1, (M, W, W): 3, (M, W, 2 * F): 1, (M, F, W): 1}
+    return [(m, k, n, c * cfg.depth) for (m, k, n), c in shapes.items()]
+
+
+def matmul_floor(
+    shapes: list[tuple[int, int, int, int]],
+    dtype_name: str,
+    device: str = "cpu",
+    seconds_per_shape: float = 0.5,
+) -> dict[str, Any]:
+    """Sustained GEMM rate on a model's own shapes: each `(M, K, N, count)` run back to back as
+    `F.linear(x (M, K), w (N, K))` in `dtype_name` for about `seconds_per_shape`; the rate is the FLOP-weighted
+    one (total FLOPs of the shapes x counts / total time), so `flops / gflops` is the time a step would take
+    if every FLOP ran at this machine's matmul rate (the floor figures are compared with)."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    gen = torch.Generator().manual_seed(0)
+    per_shape, flops, seconds = {}, 0.0, 0.0
+    for m, k, n, count in shapes:
+        x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+        w = torch.randn(n, k, generator=gen).to(device=device, dtype=dtype)
+        with torch.inference_mode():
+            F.linear(x, w)
+            _sync(device)
+            calls, start = 0, time.perf_counter()
+            while calls < 2 or time.perf_counter() - start < seconds_per_shape:
+                F.linear(x, w)
+                calls += 1
+            _sync(device)
+            per_call = (time.perf_counter() - start) / calls
+        f = 2.0 * m * k * n
+        per_shape[f"{m}x{k}x{n}"] = round(f / per_call / 1e9, 1)
+        flops += f * count
+        seconds += per_call * count
+    return {
+        "dtype": dtype_name,
+        "gflops": round(flops / seconds / 1e9, 1),
+        "gflops_per_shape": per_shape,
+        "shapes": "model",
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # FLOP counts
 
