@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "zipmo_robot.cli.train",
     "eval": "zipmo_robot.cli.eval",
     "report": "zipmo_robot.cli.report",
+    "eval-tracks": "zipmo_robot.cli.eval_tracks",
 }
 
 
