@@ -27,7 +27,8 @@ def test_metrics_match_hand_computed_values() -> None:
 def test_only_moving_visible_tracks_are_selected() -> None:
     T = 16
     still = np.zeros((T, 1, 2)) + 50.0
-    slow = np.stack([np.linspace(0, 6, T), np.zeros(T)], -1)[:, None]  # sample var of 0..6 in 16 steps: 0.4² · 16 · 17 / 12 = 3.63
+    # sample variance of 0..6 in 16 steps: 0.4² · 16 · 17 / 12 = 3.63
+    slow = np.stack([np.linspace(0, 6, T), np.zeros(T)], -1)[:, None]
     fast = np.stack([np.linspace(0, 20, T), np.linspace(0, 20, T)], -1)[:, None]  # 2 x 40.3 (step 4/3)
     hidden = fast.copy()
     window = np.concatenate([still, slow, fast, hidden], axis=1)
