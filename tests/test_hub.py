@@ -206,6 +206,7 @@ def test_download_command_offline_and_cached(isolated_cache: Path) -> None:
     dense = [line for line in out.stdout.splitlines() if line.strip().startswith("planner_dense ")]
     assert dense and f"cached at {cached}" in dense[0]
     assert sum("not downloaded" in line for line in out.stdout.splitlines()) == len(hub.RELEASED) - 1
+    assert "bundled trained checkpoints (--checkpoint bundled:NAME" in out.stdout
 
     out = _cli(["download"], env)
     assert out.returncode == 2 and "--all" in out.stderr

@@ -41,6 +41,10 @@ def _list(cache: str | None) -> int:
         status = f"cached at {where}" if where else "not downloaded"
         print(f"  {f.name:<22} {f.filename:<46} {f.n_tensors:>5} tensors  {f.numel / 1e6:7.1f} M  {status}")
         print(f"  {'':<22} {f.description}")
+    from zipmo_robot.checkpoints.loader import bundled_names
+
+    bundled = ", ".join(bundled_names()) or "none ship with this version"
+    print(f"bundled trained checkpoints (--checkpoint bundled:NAME, no download): {bundled}")
     return 0
 
 
