@@ -138,6 +138,8 @@ class TrainSchema:
     out: str | None = None
     seed: int = 0
     steps: int = 1000
+    stop_after: int | None = None  # end this invocation at this step (checkpoint written); the LR schedule
+    # still follows `steps`, so `--resume` later continues exactly (time-boxed sessions)
     batch_size: int = 8  # global batch (split over DDP processes)
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32

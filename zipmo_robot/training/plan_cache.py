@@ -123,7 +123,7 @@ class PlanCache:
         return {"plans": n_plans, "seconds": dt, "plans_per_s": n_plans / dt if dt > 0 else 0.0}
 
     def _seed(self, index: int, k: int) -> int:
-        return int(np.random.SeedSequence([self.seed, index, k]).generate_state(1, np.uint64)[0] >> 1)
+        return int(np.random.SeedSequence([self.seed, index, k]).generate_state(1, np.uint64)[0]) >> 1
 
     def _write(self, c: int, plans: torch.Tensor) -> None:
         from safetensors.torch import save_file

@@ -61,6 +61,14 @@ def _load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> Non
         raise UserError(str(exc)) from exc
 
 
+def freeze_unused(module: nn.Module) -> None:
+    """Freeze parameters no loss reaches (DDP requires every trainable parameter to get a gradient): the
+    DINO `mask_token` (DINOv2's masked-image-modelling token, never used for plain features)."""
+    for name, p in module.named_parameters():
+        if name.endswith("img_embedder.model.mask_token"):
+            p.requires_grad_(False)
+
+
 @contextlib.contextmanager
 def _no_builtin_dropout(planner: nn.Module):
     """Run `planner.conditioning` without its own (batch-size dependent) training dropout; the stage applies
@@ -147,6 +155,7 @@ class VAEStage(Stage):
                 sd = trained.read_weights(init, trained._pick(trained.read_meta(init), "model"))
                 _load_into(vae, sd, f"VAE checkpoint {init}")
                 self.sources["vae_init"] = _source(init)
+        freeze_unused(vae)
         self.vae = vae.to(device).train()
         self.trainable = self.vae
         self.loss_module = VAELoss(self.vae)
@@ -299,6 +308,7 @@ class PlannerStage(Stage):
             self.sources["planner_init"] = _source(pc.init)
         planner.vae.requires_grad_(False)  # targets come from the frozen VAE (no_grad)
         planner.track_cond_emb.requires_grad_(False)  # executed officially, output discarded (Q16)
+        freeze_unused(planner)
         self.planner = planner.to(device).train()
         self.planner.vae.eval()
         self.trainable = self.planner

@@ -251,6 +251,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
             fused=bool(o.fused) and device.type == "cuda",
         )
         total = int(cfg.steps)
+        end = min(total, int(cfg.stop_after)) if cfg.stop_after else total
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, o))
         ema = None
         if cfg.ema.enabled:
@@ -346,7 +347,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
         t_window, n_window = time.perf_counter(), 0
         rates: list[float] = []
         stage.trainable.train()
-        for step in range(start, total):
+        for step in range(start, end):
             batch = stage.prepare(data.batch(int(cfg.seed), step, G, dist.rank, dist.world))
             with autocast:
                 loss, metrics = module(batch)
@@ -366,7 +367,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
                     ema.update_parameters(stage.trainable)
             n_window += 1
             done = step + 1
-            if done % int(cfg.log_every) == 0 or done == total:
+            if done % int(cfg.log_every) == 0 or done == end:
                 values = {f"train/{k}": float(v) for k, v in metrics.items()}
                 values = dist.mean(values, device)
                 now = time.perf_counter()
@@ -382,18 +383,16 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
                 logger.log(done, record)
                 last = record
                 bar.set_postfix(loss=f"{values['train/loss']:.4g}", sps=f"{rate:.1f}")
-            if val is not None and (done % int(cfg.val_every) == 0 or done == total):
+            if val is not None and (done % int(cfg.val_every) == 0 or done == end):
                 logger.log(done, _validate(cfg, stage, val, dist, device, autocast))
-            if done % int(cfg.save_every) == 0 or done == total:
+            if done % int(cfg.save_every) == 0 or done == end:
                 save(done)
-            if (
-                cfg.stage == "policy"
-                and cfg.eval.every
-                and (done % int(cfg.eval.every) == 0 or done == total)
-            ):
+            if cfg.stage == "policy" and cfg.eval.every and (done % int(cfg.eval.every) == 0 or done == end):
                 if dist.main:
                     _evaluate(cfg, stage, ema, out, done, logger, log)
                 dist.barrier()
+            if n_window == 0:  # the rate window starts after any validation, checkpoint or evaluation
+                t_window = time.perf_counter()
             bar.update(1)
         bar.close()
         logger.close()
@@ -401,6 +400,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
             "stage": cfg.stage,
             "steps": total,
             "start_step": start,
+            "end_step": end,
             "last": last,
             "samples_per_s": (sum(rates[1:]) / len(rates[1:]))
             if len(rates) > 1
