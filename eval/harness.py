@@ -98,6 +98,8 @@ def resolve(cfg: Any) -> dict[str, Any]:
     )
 
     options = {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None}
+    if policy == "zipmo" and not per_suite and not paths and protocol.heads == "per_suite":
+        paths = ["official:tramoe"]  # the released Tra-MoE-mode head of each suite (resolved per group)
     cells = plan_cells(suites, tasks, seeds, episodes)
     by_suite = bool(per_suite) or protocol.heads == "per_suite"
     by_seed = len(paths) > 1
