@@ -21,6 +21,7 @@ from collections import deque
 import torch
 
 ENSEMBLE_MODES = ("official", "textbook")
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # see TemporalEnsembler._tables
 
 
 def ensemble_weights(num_chunks: int, discount: float) -> torch.Tensor:
@@ -78,9 +79,23 @@ class TemporalEnsembler:
         self._chunks.append(chunk)
         self.num_updates += 1
         num = len(self._chunks)
-        weights = ensemble_weights(num, self.discount).to(chunk.device)
-        idx = ensemble_indices(num, chunk.shape[1], self.mode).to(chunk.device)
+        weights, rows, idx = self._tables(num, chunk.shape[1], chunk.device)
         hist = torch.stack(tuple(self._chunks), dim=1)  # (B, H, T, A), oldest first
-        selected = hist[:, torch.arange(num, device=chunk.device), idx]  # (B, H, A)
-        blended = (selected.to(torch.float64) * weights[None, :, None]).sum(dim=1)
+        selected = hist[:, rows, idx]  # (B, H, A)
+        blended = (selected.to(torch.float64) * weights).sum(dim=1)
         return blended.to(chunk.dtype)
+
+    def _tables(
+        self, num: int, chunk_len: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weights (1, H, 1) float64, chunk rows (H,), action indices (H,)) for H = num chunks, built once
+        per history length and setting, shared by every ensembler (saves a dozen small ops per row and step;
+        the tensors are only read)."""
+        key = (num, chunk_len, str(device), self.discount, self.mode)
+        tables = _TABLES.get(key)
+        if tables is None:
+            weights = ensemble_weights(num, self.discount).to(device)[None, :, None]
+            rows = torch.arange(num, device=device)
+            tables = (weights, rows, ensemble_indices(num, chunk_len, self.mode).to(device))
+            _TABLES[key] = tables
+        return tables
