@@ -30,6 +30,37 @@ def test_scripted_policy_succeeds_through_the_rollout_command(tmp_path):
     assert record["steps"] < 400
 
 
+def test_scripted_shadow_env_is_reset_with_the_env_seed_not_the_policy_seed(tmp_path):
+    """zipmo_release at seed 7, libero_spatial task 4, episode 1 (init state 17): the policy seed (400008) and
+    the env seed (4008, which places the furniture) differ. The shadow env reset with the env seed never
+    disagrees with the observed joints and the expert succeeds; reset with the policy seed (the old bug) the
+    same episode ran to the 600-step cap."""
+    from zipmo_robot.configs import compose
+    from zipmo_robot.envs.runner import VectorRunner
+    from zipmo_robot.eval.rollout import plan_episodes, resolve_config
+    from zipmo_robot.policy.scripted import ScriptedPolicy
+
+    overrides = [
+        "protocol=zipmo_release",
+        "seed=7",
+        "policy=scripted",
+        "tasks=[4]",
+        "episodes=2",
+        "video=false",
+    ]
+    episode = plan_episodes(resolve_config(compose("rollout", [*overrides, f"out={tmp_path}"])))[1]
+    assert (episode.init_state_id, episode.seed, episode.env_seed) == (17, 400008, 4008)
+    policy = ScriptedPolicy(settle_steps=episode.env.settle_steps)
+    try:
+        with VectorRunner(policy, 1, progress=False) as runner:
+            (result,) = runner.run([episode])
+    finally:
+        policy.close()
+    assert result.record["env_seed"] == 4008 and result.record["seed"] == 400008
+    assert policy.divergences == 0
+    assert result.record["status"] == "success", result.record
+
+
 def test_replay_policy_needs_a_demo_file(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "zipmo_robot", "rollout", "--suite", "libero_spatial", "--tasks", "0",
