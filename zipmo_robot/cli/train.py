@@ -10,6 +10,19 @@ import json
 
 HELP = "Train a ZipMo stage (vae, planner, policy) on preprocessed LIBERO demos; checkpoints resume exactly."
 
+# --preset: the ZipMo paper's two LIBERO setups (PROTOCOLS.md). The planner of either is trained on every
+# suite's train split jointly; the policy head on the first 10 training demos of each task (`bc_train_10`).
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "atm": {
+        "planner": ["planner.variant=libero_atm"],
+        "policy": ["data.split=bc_train_10", "eval.protocol=atm"],
+    },
+    "tramoe": {
+        "planner": ["planner.variant=libero_tramoe"],
+        "policy": ["data.split=bc_train_10", "eval.protocol=tramoe"],
+    },
+}
+
 # flag dest -> config key
 _FLAG_KEYS: dict[str, str] = {
     "data": "data.root",
@@ -36,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     parser.add_argument("--size", help="model size: tiny, small (default), release")
     parser.add_argument("--optim", choices=("paper", "released"), help="optimiser preset (default paper)")
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="data setup: atm (10 BC demos per task, ATM planner) or tramoe (10 BC demos, step-token planner, "
+        "one head per suite); sets the overrides listed in PRESETS",
+    )
     parser.add_argument("--steps", type=int, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, help="global batch (split over DDP processes)")
     parser.add_argument("--seed", type=int)
@@ -69,6 +88,8 @@ def build_overrides(args: argparse.Namespace, overrides: list[str]) -> list[str]
         out.append(f"model={args.size}")
     if args.optim:
         out.append(f"train/optim@optim={args.optim}")
+    if args.preset:
+        out.extend(PRESETS[args.preset].get(args.stage, []))
     out.extend(overrides)
     for dest, key in _FLAG_KEYS.items():
         value = getattr(args, dest, None)

@@ -401,6 +401,11 @@ class PolicyStage(Stage):
         if pc.planner is None:
             raise UserError("the policy stage needs policy.planner=<planner checkpoint folder>")
         planner, pmeta = trained.load_planner(pc.planner, weights="auto")
+        if planner.cfg.use_step_token and len(cfg.data.suites) != 1:
+            raise UserError(
+                f"the planner {pc.planner} is a Tra-MoE (step-token) planner: the Tra-MoE setup trains one head "
+                f"per suite, so give one suite (data.suites=[libero_spatial]), not {list(cfg.data.suites)}"
+            )
         self.sources["planner"] = _source(pc.planner) | {"weights": trained._pick(pmeta, "auto")}
         planner.requires_grad_(False)
         self.planner = planner.to(device).eval()
