@@ -15,7 +15,6 @@ split by rank), `cells.json` (every planned cell: what the report checks for mis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zipmo_robot.eval import reports
-from zipmo_robot.eval.protocols import ProtocolConfig, env_seed, episode_seed, init_state_for
+from zipmo_robot.eval.protocols import ProtocolConfig, env_seed, episode_seed, init_state_for, official_reset
 
 from zipmo_robot.errors import UserError
 
@@ -92,12 +91,15 @@ def cell_episode(protocol: ProtocolConfig, cell: Cell) -> Any:
     """The runner work item of a cell: env config, init state, policy seed and env seed per the protocol."""
     from zipmo_robot.envs.runner import Episode
 
+    reset_index, seeded_at = official_reset(protocol, cell.episode_index)  # the official worker's scene
     return Episode(
         env=protocol.env_config(cell.suite, cell.task_id),
         episode_index=cell.episode_index,
         init_state_id=init_state_for(protocol, cell.task_id, cell.episode_index, cell.seed),
         seed=episode_seed(protocol, cell.task_id, cell.episode_index, cell.seed),
         env_seed=env_seed(protocol, cell.task_id, cell.episode_index, cell.seed),
+        reset_index=reset_index,
+        seeded_at=seeded_at,
     )
 
 
@@ -110,10 +112,6 @@ def plan_cells(suites: list[str], tasks: dict[str, list[int]], seeds: list[int],
         for task in tasks[suite]
         for e in range(episodes)
     ]
-
-
-def stamp_hash(stamp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -129,6 +127,33 @@ class RunOptions:
     runner: dict[str, Any] = field(default_factory=dict)
     shard: Shard = field(default_factory=Shard)
     quiet: bool = False
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any], shard: Shard | None = None) -> RunOptions:
+        """From a resolved rollout/eval config mapping (num_envs, retries, video, resume, assets, runner, out)."""
+        return cls(
+            out=Path(c["out"]),
+            num_envs=int(c["num_envs"]),
+            retries=int(c["retries"]),
+            video=bool(c["video"]),
+            resume=bool(c["resume"]),
+            assets=c["assets"],
+            runner=dict(c["runner"]),
+            shard=shard or Shard(),
+        )
+
+
+def protocol_stamp(protocol: ProtocolConfig, policy: str, errors_as_failures: bool) -> dict[str, Any]:
+    """What every record of a run says about its protocol: the label ("<preset>" or "<preset>+overrides"),
+    the preset, the knob hash, the changed knobs, the policy and how errors are to be counted."""
+    return {
+        "protocol": protocol.label(),
+        "protocol_preset": protocol.name,
+        "protocol_hash": protocol.knob_hash(),
+        "protocol_overrides": protocol.changed_knobs(),
+        "policy": policy,
+        "errors_as_failures": errors_as_failures,
+    }
 
 
 def _move_aside(paths: list[Path]) -> None:

@@ -147,7 +147,7 @@ def run_eval(cfg: Any, *, episodes_override: dict | None = None) -> dict[str, An
     from omegaconf import OmegaConf
     from zipmo_robot.configs import save_resolved
     from zipmo_robot.eval import policies, tables
-    from zipmo_robot.eval.engine import RunOptions, Shard, run_cells
+    from zipmo_robot.eval.engine import RunOptions, Shard, protocol_stamp, run_cells
 
     plan = resolve(cfg)
     c, protocol, out = plan["config"], plan["protocol"], plan["out"]
@@ -155,14 +155,7 @@ def run_eval(cfg: Any, *, episodes_override: dict | None = None) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     name = "config.yaml" if shard.world_size == 1 else f"config.rank{shard.rank}.yaml"
     save_resolved(OmegaConf.create(c), out, name=name)
-    stamp = {
-        "protocol": protocol.label(),
-        "protocol_preset": protocol.name,
-        "protocol_hash": protocol.knob_hash(),
-        "protocol_overrides": protocol.changed_knobs(),
-        "policy": plan["policy"],
-        "errors_as_failures": plan["errors_as_failures"],
-    }
+    stamp = protocol_stamp(protocol, plan["policy"], plan["errors_as_failures"])
 
     def build(group: Any) -> Any:
         opts = dict(group.options)
@@ -178,15 +171,6 @@ def run_eval(cfg: Any, *, episodes_override: dict | None = None) -> dict[str, An
         )
         return policies.make(plan["policy"], opts)
 
-    opts = RunOptions(
-        out=out,
-        num_envs=int(c["num_envs"]),
-        retries=int(c["retries"]),
-        video=bool(c["video"]),
-        resume=bool(c["resume"]),
-        assets=c["assets"],
-        runner=dict(c["runner"]),
-        shard=shard,
-    )
+    opts = RunOptions.from_config(c, shard)
     run_cells(protocol, plan["groups"], build, opts, stamp, episodes_override=episodes_override)
     return tables.write_report([out], errors_as_failures=None)

@@ -227,9 +227,9 @@ def init_state_for(protocol: ProtocolConfig, task_id: int, episode_index: int, s
 def env_seed(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: int) -> int:
     """The seed given to `LiberoEnv.reset` (pure function).
 
-    LIBERO re-places the fixed furniture at every reset from numpy's global RNG, so the scene layout depends on
-    this seed, not only on the init state. Later resets of an official worker continue its RNG stream, which a
-    per-episode seed cannot reproduce; the first reset of each worker matches.
+    LIBERO places the fixtures of 88 of the 130 tasks at random at every reset (numpy's global RNG), so the scene
+    depends on this seed and on the episode's place in its official worker (`official_reset`), not only on the
+    init state (envs/libero.py, "Scenes").
     """
     rule = protocol.env_seed_rule
     if rule == "fixed":
@@ -239,6 +239,22 @@ def env_seed(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: i
     if rule == "seed_plus_episode":
         return seed + episode_index
     return seed + 1000 * task_id + episode_index
+
+
+def official_reset(protocol: ProtocolConfig, episode_index: int) -> tuple[int, int]:
+    """`(reset_index, seeded_at)` of an episode in the protocol's official worker (pure function): the resets
+    that worker did before it, and the reset before which it called `env.seed` (`LiberoEnv.reset` options).
+
+    Episode e is reset `e // n_parallel` of its worker. ATM/Tra-MoE/ZipMo/OpenVLA seed once after building the
+    env ("fixed", "zipmo_workers"); LeRobot resets once unseeded when it builds the env, then seeds before every
+    reset ("seed_plus_episode"); "task_episode" gives every episode a fresh worker of its own.
+    """
+    n_reset = episode_index // protocol.n_parallel
+    if protocol.env_seed_rule in ("fixed", "zipmo_workers"):
+        return n_reset, 0
+    if protocol.env_seed_rule == "seed_plus_episode":
+        return 1 + n_reset, 1 + n_reset
+    return 0, 0
 
 
 def episode_seed(protocol: ProtocolConfig, task_id: int, episode_index: int, seed: int) -> int:

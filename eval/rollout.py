@@ -147,7 +147,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
     """
     from omegaconf import open_dict
     from zipmo_robot.configs import save_resolved
-    from zipmo_robot.eval.engine import PolicyGroup, RunOptions, run_cells, stamp_hash
+    from zipmo_robot.eval.engine import PolicyGroup, RunOptions, protocol_stamp, run_cells
     from zipmo_robot.eval.protocols import protocol_from_dict
 
     cfg = resolve_config(cfg)
@@ -165,13 +165,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
     if episodes is not None:
         by_key = {(ep.env.suite, ep.env.task_id, ep.episode_index): ep for ep in episodes}
         override = {cell: by_key.get((cell.suite, cell.task_id, cell.episode_index)) for cell in cells}
-    stamp = {
-        "protocol": protocol.label(),
-        "protocol_preset": protocol.name,
-        "protocol_hash": protocol.knob_hash(),
-        "protocol_overrides": protocol.changed_knobs(),
-        "policy": c["policy"],
-    }
+    stamp = protocol_stamp(protocol, str(c["policy"]), protocol.errors_as_failures)
     s_hash = group.settings_hash
     planned = {cell.key for cell in cells}
     records: dict[tuple, dict] = {}
@@ -199,16 +193,7 @@ def run_rollout(cfg: Any, policy: Any, episodes: list[Any] | None = None) -> dic
         records[reports.episode_key(record)] = record
         write_summary(complete=False)
 
-    opts = RunOptions(
-        out=out,
-        num_envs=int(c["num_envs"]),
-        retries=int(c["retries"]),
-        video=bool(c["video"]),
-        resume=bool(c["resume"]),
-        assets=c["assets"],
-        runner=dict(c["runner"]),
-    )
-    stamp["stamp_hash"] = stamp_hash(stamp)
+    opts = RunOptions.from_config(c)
     final = run_cells(
         protocol, [group], lambda g: policy, opts, stamp, on_record=on_record, episodes_override=override,
         close_policies=False,
