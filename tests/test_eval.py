@@ -151,12 +151,12 @@ def test_worker_crash_is_an_error_reported_apart(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_scripted_expert_reaches_its_known_rate(tmp_path: Path) -> None:
-    """README: libero_spatial task 2 succeeds on 35/35 fixed init states; two of them here."""
+    """README: libero_spatial task 2 succeeds on 35/35 fixed init states; init state 0 here."""
     out = tmp_path / "expert"
     proc = _eval(
-        "--protocol", "default", "--suites", "libero_spatial", "--tasks", "2", "--episodes", "2",
+        "--protocol", "default", "--suites", "libero_spatial", "--tasks", "2", "--episodes", "1",
         "--max-steps", "300", "--num-envs", "1", "--no-video", "--policy", "scripted", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = reports.read_results(out / "results.jsonl")
-    assert [r["status"] for r in records] == ["success", "success"], [r["steps"] for r in records]
+    assert [r["status"] for r in records] == ["success"], [r["steps"] for r in records]
