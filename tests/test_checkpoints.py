@@ -363,3 +363,32 @@ def test_one_kind_detector_for_files_and_bundles(tmp_path: Path, variant: str) -
     bundle = loader.load_policy(str(path), dino_heads=2)
     assert bundle.kind == expected and bundle.planner.cfg.variant == variant
     assert bundle.planner.cfg.use_step_token is (variant == "libero_tramoe")
+
+
+def test_trained_checkpoint_folder_loads_through_the_one_loader(tmp_path: Path) -> None:
+    """A `zipmo-robot train` policy folder (meta.json "format": "zipmo-robot-checkpoint/1") is a policy spec
+    like a released file: same bundle, kind from its planner, the stored text encoder and nfe."""
+    from dataclasses import asdict
+
+    from zipmo_robot.policy.head import InverseDynamicsHead
+
+    from zipmo_robot.checkpoints import trained
+
+    sizes = load_sizes("tiny")
+    planner = _tiny("planner_libero_tramoe", share=True, seed=7)
+    head = _randomize(InverseDynamicsHead(sizes.head_config()), 8)
+    sd = {PREFIX + k: v for k, v in planner.state_dict().items()} | dict(head.state_dict())
+    meta = {
+        "planner_config": asdict(planner.cfg),
+        "head_config": asdict(head.config),
+        "text_encoder": {"kind": "sentence_code", "dim": planner.cfg.d_cross},
+        "nfe": 4,
+    }
+    folder = trained.save(tmp_path / "ckpt", stage="policy", kind="policy_head_tramoe", model=sd, meta=meta)
+    assert loader.TRAINED_FORMAT == trained.FORMAT
+    bundle = loader.load_policy(str(folder))
+    assert bundle.kind == "policy_head_tramoe" and bundle.path == str(folder) and bundle.nfe == 4
+    assert bundle.text_encoder["kind"] == "sentence_code" and bundle.task_embedder is not None
+    assert all(torch.equal(bundle.planner.state_dict()[k], v) for k, v in planner.state_dict().items())
+    assert all(torch.equal(bundle.head.state_dict()[k], v) for k, v in head.state_dict().items())
+    assert torch.equal(_velocity(bundle.planner), _velocity(planner))
