@@ -399,6 +399,26 @@ def test_doctor_golden_worker_agrees(spatial_env):
     assert judge_golden(flipped).status == "fail"
 
 
+def test_reset_scene_options_are_checked_and_reported():
+    """`reset_index`/`seeded_at` (the official worker's reset, envs/libero.py "Scenes") are validated with
+    a UserError, echoed in the info, and a fixed-fixture task takes the soft path."""
+    from zipmo_robot.envs.libero import LiberoEnv
+
+    env = LiberoEnv(EnvConfig(suite="libero_object", task_id=1, render=False, settle_steps=0))
+    try:
+        assert env.reset_path == "soft" and env.randomised_fixtures == []
+        _, info = env.reset(seed=3, options={"init_state_id": 2, "reset_index": 4, "seeded_at": 4})
+        assert (info["reset_index"], info["seeded_at"], info["reset_path"]) == (4, 4, "soft")
+        with pytest.raises(UserError, match="reset_index -1"):
+            env.reset(options={"reset_index": -1})
+        with pytest.raises(UserError, match=r"seeded_at 2 .* 0\.\.1"):
+            env.reset(options={"reset_index": 1, "seeded_at": 2})
+        with pytest.raises(ValueError, match="soft, replay, fresh"):
+            LiberoEnv(EnvConfig(suite="libero_object", task_id=1, render=False), reset_path="cached")
+    finally:
+        env.close()
+
+
 def test_gymnasium_env_checker_passes_and_global_rng_is_left_alone():
     """gymnasium's own checker (spaces, seeding determinism, step API) on a state-only env; LIBERO's
     reset-time sampling is seeded inside reset without changing numpy's global RNG for the caller."""
