@@ -241,7 +241,7 @@ class RollingReplanner(Policy):
         txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
         t_pre = time.perf_counter()
 
-        autocast = sampling_autocast(self.config.precision, dev)
+        autocast = sampling_autocast(self.config.precision, dev, planner)  # bf16: weights cast once per step
         with autocast:
             guidance = planner.prepare_sampling(
                 frames, track_conds=track_conds, txt_emb=txt, start_t=start_t, cfg_scale=self.config.cfg_scale

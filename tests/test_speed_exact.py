@@ -50,3 +50,18 @@ def test_actions_and_plans_equal_the_record(case: str, precision: str) -> None:
             assert torch.equal(value, expected), f"{key} differs from the record by up to {err:.3g}"
         elif key.endswith("actions"):
             assert err <= TOLERANCE[precision], (key, err)
+
+
+def test_bf16_step_leaves_the_planner_weights_as_they_were() -> None:
+    """The bf16 agent casts the planner's matmul weights once per control step (not per Euler step) and puts
+    the caller's fp32 tensors back afterwards, so a planner shared with fp32 users is unchanged."""
+    agent, inputs = R.build_case("small_atm", "bf16")
+    before = {k: v for k, v in agent.planner.state_dict(keep_vars=True).items()}
+    values = {k: v.detach().clone() for k, v in before.items()}
+    for i, seed in enumerate(inputs["seeds"]):
+        agent.reset_row(i, seed, inputs["task_emb"][i])
+    agent.step(inputs["images"][0], inputs["proprio"][0], list(range(len(inputs["seeds"]))))
+    after = agent.planner.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        assert v is before[k] and v.dtype == values[k].dtype and torch.equal(v, values[k]), k

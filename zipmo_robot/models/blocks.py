@@ -58,6 +58,36 @@ def keep_weights_in_autocast_dtype_(module: nn.Module, dtype: torch.dtype) -> in
     return n
 
 
+class weights_in_dtype:  # noqa: N801 (a context manager, used like a function)
+    """Context manager: inside it, the weights and biases of every `nn.Linear` / `nn.Conv2d` of `module` are
+    `dtype` copies (made on entry, the originals put back on exit; reusable, not re-entrant).
+
+    Under autocast to `dtype` these layers would cast their weights on every call (autocast caches casts only
+    for parameters that require grad): once per Euler step. Casting once per sampling call rounds the same
+    way, so outputs are bit-identical, and the caller's module is left as it was (others may use it in fp32).
+    A module whose weights already are `dtype` (`keep_weights_in_autocast_dtype_`) costs nothing here.
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        self.module, self.dtype = module, dtype
+        self._saved: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    def __enter__(self) -> weights_in_dtype:
+        for layer in self.module.modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                for name in ("weight", "bias"):
+                    p = layer._parameters.get(name)
+                    if p is not None and p.dtype != self.dtype:
+                        self._saved.append((layer, name, p))
+                        layer._parameters[name] = p.detach().to(self.dtype)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for layer, name, p in reversed(self._saved):
+            layer._parameters[name] = p
+        self._saved.clear()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Kernels
 

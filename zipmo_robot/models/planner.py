@@ -69,6 +69,7 @@ from zipmo_robot.models.blocks import (
     MappingNetwork,
     TransformerLayer,
     _linear_out_dtype,
+    weights_in_dtype,
 )
 from zipmo_robot.models.dino import DinoConfig, ImageEncoder
 from zipmo_robot.models.rope import centers, make_axial_pos_2d
@@ -261,14 +262,40 @@ class Guidance:
     scale: float
 
 
-def sampling_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+def sampling_autocast(
+    precision: str, device: torch.device | str, module: nn.Module | None = None
+) -> contextlib.AbstractContextManager:
     """The autocast context of a planner precision (`PRECISIONS`) on `device`: bf16 autocast for "bf16"
-    (on every device type, as the official `act`), nothing for "fp32"; anything else raises ValueError."""
+    (on every device type, as the official `act`), nothing for "fp32"; anything else raises ValueError.
+
+    With `module` (the planner) under "bf16", its matmul weights are also held as bf16 copies inside the
+    context (`blocks.weights_in_dtype`): one cast per sampling call instead of one per Euler step, same bits.
+    The returned context can be entered again after it exits (the agent reuses it for the overlay decode).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (bf16 = official)")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if module is None:
+        return autocast
+    return _Contexts(autocast, weights_in_dtype(module, torch.bfloat16))
+
+
+class _Contexts:
+    """Enter several reusable context managers in order, exit them in reverse."""
+
+    def __init__(self, *contexts: contextlib.AbstractContextManager) -> None:
+        self.contexts = contexts
+
+    def __enter__(self) -> _Contexts:
+        for c in self.contexts:
+            c.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for c in reversed(self.contexts):
+            c.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------------------------------------------
