@@ -57,7 +57,7 @@ def resolve(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from zipmo_robot.envs.suites import check_suite, list_tasks
     from zipmo_robot.eval.engine import PolicyGroup, plan_cells
-    from zipmo_robot.eval.policies import check_support
+    from zipmo_robot.eval.policies import check_name, check_support
     from zipmo_robot.eval.protocols import protocol_from_dict
     from zipmo_robot.eval.rollout import check_task_ids, parse_tasks
 
@@ -92,6 +92,7 @@ def resolve(cfg: Any) -> dict[str, Any]:
     if missing:
         raise UserError(f"--checkpoint SUITE=PATH given, but not for {', '.join(missing)}")
     policy = str(c["policy"])
+    check_name(policy)
     check_support(policy, tasks)
     errors_as_failures = (
         protocol.errors_as_failures if c["errors_as_failures"] is None else bool(c["errors_as_failures"])

@@ -16,15 +16,20 @@ def is_user_policy(name: str) -> bool:
     return ":" in name
 
 
-def make(name: str, options: dict[str, Any]) -> Any:
-    """A fresh policy: `policy.factory.make_policy(name, options)`, or `module:Class()` for a user policy
-    (constructed without arguments; it must implement `reset(seed)` and `act(obs, rows) -> (B, 7)`)."""
-    if not is_user_policy(name):
-        from zipmo_robot.policy.factory import make_policy
+def check_name(name: str) -> None:
+    """Fail early (before any file or env) on an unknown policy name or a `module:Class` that does not import."""
+    if is_user_policy(name):
+        _user_class(name)
+        return
+    from zipmo_robot.policy.factory import POLICY_NAMES
 
-        return make_policy(name, options)
-    from zipmo_robot.policy.base import Policy
+    if name not in POLICY_NAMES:
+        raise UserError(
+            f"unknown policy {name!r}; available: {', '.join(POLICY_NAMES)}, or module:Class of your own"
+        )
 
+
+def _user_class(name: str) -> Any:
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -36,6 +41,20 @@ def make(name: str, options: dict[str, Any]) -> Any:
     cls = getattr(module, attr, None)
     if cls is None:
         raise UserError(f"--policy {name}: module {module_name!r} has no attribute {attr!r}")
+    return cls
+
+
+def make(name: str, options: dict[str, Any]) -> Any:
+    """A fresh policy: `policy.factory.make_policy(name, options)`, or `module:Class()` for a user policy
+    (constructed without arguments; it must implement `reset(seed)` and `act(obs, rows) -> (B, 7)`)."""
+    if not is_user_policy(name):
+        from zipmo_robot.policy.factory import make_policy
+
+        return make_policy(name, options)
+    from zipmo_robot.policy.base import Policy
+
+    attr = name.partition(":")[2]
+    cls = _user_class(name)
     try:
         policy = cls()
     except TypeError as exc:

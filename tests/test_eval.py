@@ -108,7 +108,9 @@ def test_killed_run_resumes_to_the_uninterrupted_table(reference: Path, tmp_path
 def test_two_ranks_merge_to_the_one_rank_table(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "sharded"
     for rank in (0, 1):  # one after the other: one LIBERO process at a time on CI
-        proc = _eval(*CELLS, "--policy", "zero", "--out", str(out), env=_env(RANK=str(rank), WORLD_SIZE="2"))
+        # a user policy given as module:Class (here the zero policy's class: same outcomes as the reference)
+        user = "zipmo_robot.policy.base:ZeroPolicy"
+        proc = _eval(*CELLS, "--policy", user, "--out", str(out), env=_env(RANK=str(rank), WORLD_SIZE="2"))
         assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in out.glob("results*.jsonl"))
     assert files == ["results.rank0-of-2.jsonl", "results.rank1-of-2.jsonl"]

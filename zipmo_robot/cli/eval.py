@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint",
         action="append",
+        nargs="?",  # `--checkpoint SUITE=PATH`: the command line splits key=value words off; run() rejoins them
         help="PATH, SUITE=PATH (per-suite heads, repeat per suite) or several PATHs (one per seed: the "
         "seed axis over training seeds)",
     )
@@ -96,6 +97,26 @@ def build_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _rejoin_checkpoints(values: list[str | None], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`--checkpoint libero_goal=PATH` reaches us as an empty --checkpoint and a `libero_goal=PATH` word
+    among the hydra overrides: give each empty flag the next SUITE=PATH word, in order."""
+    from zipmo_robot.envs.spec import SUITES
+    from zipmo_robot.errors import UserError
+
+    suite_words = [w for w in overrides if w.split("=", 1)[0] in SUITES]
+    rest = [w for w in overrides if w not in suite_words]
+    out: list[str] = []
+    for v in values:
+        if v is None:
+            if not suite_words:
+                raise UserError("--checkpoint needs a value: PATH or SUITE=PATH")
+            v = suite_words.pop(0)
+        out.append(v)
+    if suite_words:
+        raise UserError(f"{suite_words[0]!r}: give per-suite heads as --checkpoint {suite_words[0]}")
+    return out, rest
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from zipmo_robot.errors import UserError
     from zipmo_robot.eval.harness import run_eval
@@ -104,6 +125,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.protocol is not None and args.protocol not in preset_names():
         raise UserError(f"unknown protocol {args.protocol!r}; known protocols: {', '.join(preset_names())}")
+    if args.checkpoint and None in args.checkpoint:
+        args.checkpoint, overrides = _rejoin_checkpoints(args.checkpoint, overrides)
     cfg = compose_command("eval", overrides, build_overrides(args))
     report = run_eval(cfg)
     print(report["markdown"])
