@@ -5,7 +5,9 @@ Layout (LIBERO `scripts/create_dataset.py`): group `data` with attributes `probl
 demonstration with `actions (T, 7)`, `states (T, D)`, `rewards (T,)`, `dones (T,)`, `robot_states (T, 9)`
 and `obs/{agentview_rgb, eye_in_hand_rgb (T, H, W, 3) uint8, joint_states (T, 7), gripper_states (T, 2),
 ee_pos (T, 3), ee_ori (T, 3), ee_states (T, 6)}`. Images are stored as rendered (raw robosuite orientation,
-upside down); `obs` may be absent in state-only files written by `collect --no-render` before replay.
+upside down); `obs` may be absent in state-only files written by `collect --render none` before replay.
+Files written by `collect` add per demo `layout/{body_pos (B, 3), body_quat (B, 4)}`: the fixture layout LIBERO
+sampled into the MuJoCo model for that episode (not part of `states`), which replay needs to show its scene.
 """
 
 from __future__ import annotations
