@@ -41,6 +41,9 @@ def agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed control steps per case (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed control steps first (0 at release)")
     parser.add_argument("--overlay", action="store_true", help="also time the plan-overlay VAE decode")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the matmul floor (model GEMM shapes) of each case"
+    )
 
 
 def _random_agent(size: str, variant: str, args: argparse.Namespace, nfe: int) -> Any:
@@ -139,7 +142,7 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from zipmo_robot.bench.common import machine_info
+    from zipmo_robot.bench.common import FloorCache, control_step_gflop, machine_info
 
     report: dict[str, Any] = {
         "benchmark": "agent",
@@ -162,11 +165,17 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
         build = time.perf_counter()
         agent, params = _random_agent(size, args.variant, args, timed_nfe)
         build_s = time.perf_counter() - build
+        floors = FloorCache(agent.planner.cfg, args.device)
         for batch in args.batch:
             rec = _case(agent, batch, args.steps, warmup, args.nfe / timed_nfe)
             rec.update(
                 size=size, params=params, build_s=round(build_s, 1), timed_nfe=timed_nfe, warmup=warmup
             )
+            gflop = control_step_gflop(agent.planner.cfg, batch, args.nfe)
+            rec["control_step_gflop"] = round(gflop, 1)
+            if not getattr(args, "no_floor", False):  # this machine's matmul rate on the model's shapes
+                total = rec["ms_per_control_step"]["total"]
+                rec.update(floors.against(gflop, total, batch, args.precision))
             if batch == 10 or batch == max(args.batch):
                 calls = SUITE_TASKS * SUITE_MAX_STEPS * (SUITE_EPISODES // batch if batch <= 10 else 1)
                 rec["suite_hours_policy_only"] = round(calls * rec["ms_per_control_step"]["total"] / 3.6e6, 2)
@@ -186,18 +195,21 @@ def format_agent(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
         f"agent benchmark: device {s['device']}, {s['threads']} threads, planner {s['precision']}, "
-        f"nfe {s['nfe']}, load {report['machine'].get('loadavg_1_5_15')} -> {report.get('load_after')}",
+        f"nfe {s['nfe']}, load {report['machine'].get('loadavg_1_5_15')} -> {report.get('load_after')}; "
+        f"cpu: {report['machine'].get('cpu_model', '?')} {report['machine'].get('cpu_capability', '')} "
+        f"{' '.join(report['machine'].get('bf16_isa', []))}",
         f"{'size':8} {'batch':>5} {'total ms':>10} {'per env':>9} {'encode':>9} {'plan':>10} {'head':>7} "
-        f"{'overlay':>8} {'suite h':>8}",
+        f"{'overlay':>8} {'suite h':>8} {'floor ms':>9} {'of floor':>8}",
     ]
     for r in report["results"]:
         ms = r["ms_per_control_step"]
         extrap = "*" if r["plan_extrapolated"] else " "
-        hours = r.get("suite_hours_policy_only")
+        hours, floor = r.get("suite_hours_policy_only"), r.get("fraction_of_floor")
         lines.append(
             f"{r['size']:8} {r['batch']:>5} {ms['total']:>10.1f} {r['ms_per_env_step']:>9.1f} "
             f"{ms['encode']:>9.1f} {ms['plan']:>9.1f}{extrap} {ms['head']:>7.1f} {ms['overlay']:>8.1f} "
-            f"{'' if hours is None else f'{hours:.2f}':>8}"
+            f"{'' if hours is None else f'{hours:.2f}':>8} {r.get('floor_ms', ''):>9} "
+            f"{'' if floor is None else f'{floor:.0%}':>8}"
         )
     lines.append(
         "* planner time measured with fewer Euler steps and scaled to nfe. " + report["projection_note"]

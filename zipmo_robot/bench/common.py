@@ -197,6 +197,40 @@ def matmul_floor(
     }
 
 
+class FloorCache:
+    """`matmul_floor` on a planner's shapes per (batch, dtype), measured once per run and reused, plus the
+    figures that put a measured time against it (same machine, same run, same load)."""
+
+    def __init__(self, cfg: Any, device: str = "cpu", seconds_per_shape: float = 0.5) -> None:
+        self.cfg, self.device, self.seconds = cfg, device, seconds_per_shape
+        self.floors: dict[str, dict[str, Any]] = {}
+
+    def rate(self, batch: int, precision: str) -> float:
+        """GFLOP/s of the model's GEMM shapes at `batch` in the dtype the precision computes in."""
+        dtype = "fp32" if precision == "fp32" else "bf16"
+        key = f"batch{batch}_{dtype}"
+        if key not in self.floors:
+            shapes = planner_linear_shapes(self.cfg, batch)
+            self.floors[key] = matmul_floor(shapes, dtype, self.device, self.seconds)
+        return self.floors[key]["gflops"]
+
+    def against(self, gflop: float, measured_ms: float, batch: int, precision: str) -> dict[str, Any]:
+        """`gflop` of work that took `measured_ms`: the floor time at this machine's rate and the fraction."""
+        rate = self.rate(batch, precision)
+        floor_ms = 1e3 * gflop / rate
+        return {
+            "floor_gflops": rate,
+            "floor_ms": round(floor_ms, 1),
+            "fraction_of_floor": round(floor_ms / measured_ms, 3) if measured_ms > 0 else None,
+        }
+
+
+def control_step_gflop(cfg: Any, batch: int, nfe: int) -> float:
+    """Analytic GFLOP of one agent control step: `nfe` velocity evaluations + DINO on every view."""
+    views = cfg.num_views if cfg.is_libero else 1
+    return (nfe * planner_step_flops(cfg, batch)["total"] + dino_flops(cfg.dino, batch * views)) / 1e9
+
+
 # ---------------------------------------------------------------------------------------------------------
 # FLOP counts
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from zipmo_robot.bench.common import (
     PRECISIONS,
+    FloorCache,
     PeakRSS,
     cast_matmul_weights_,
     dino_flops,
@@ -56,7 +57,9 @@ def planner_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also time one real NFE-step `sample` call (else it is derived)",
     )
-    parser.add_argument("--no-matmul", action="store_true", help="skip the matmul-throughput measurement")
+    parser.add_argument(
+        "--no-matmul", action="store_true", help="skip the matmul-throughput and matmul-floor measurements"
+    )
 
 
 def _random_planner(size: str, variant: str, overrides: list[str], device: str, seed: int = 0) -> Any:
@@ -208,6 +211,7 @@ def run_planner(args: argparse.Namespace) -> dict[str, Any]:
     cases = [(b, p) for p in order for b in args.batch]
     outputs: dict[tuple[int, str], Any] = {}
     cast = False
+    floors = FloorCache(cfg, device)
     for batch, precision in tqdm(cases, desc="bench planner", unit="case"):
         if precision == "bf16w" and not cast:
             cast_matmul_weights_(planner, torch.bfloat16)
@@ -216,6 +220,8 @@ def run_planner(args: argparse.Namespace) -> dict[str, Any]:
         if "matmul" in report:
             peak = report["matmul"]["fp32" if precision == "fp32" else "bf16"]["gflops"]
             record["fraction_of_matmul_peak"] = round(record["step_gflops_achieved"] / peak, 3)
+            # the floor: this step's FLOPs at the sustained rate of the model's own GEMM shapes (this run)
+            record.update(floors.against(record["step_gflop"], record["step_ms"], batch, precision))
         fp32, bf16 = outputs.get((batch, "fp32")), outputs.get((batch, "bf16"))
         if precision != "fp32" and fp32 is not None:  # same inputs, relative L2 difference of the velocity
             record["velocity_rel_diff_vs_fp32"] = float((v - fp32).norm() / fp32.norm())
@@ -225,6 +231,7 @@ def run_planner(args: argparse.Namespace) -> dict[str, Any]:
         report["results"].append(record)
         if getattr(args, "on_result", None) is not None:  # results written as they arrive
             args.on_result(report)
+    report["matmul_floor"] = floors.floors
     report["load_after"] = machine_info().get("loadavg_1_5_15")
     return report
 
@@ -244,14 +251,15 @@ def format_planner(report: dict[str, Any]) -> str:
     replan_title = f"replan({s['nfe']}) ms"
     lines.append(
         f"{'batch':>5} {'prec':>5} {'cond ms':>9} {'step ms':>9} {replan_title:>15} {'GFLOP/step':>10} "
-        f"{'GFLOP/s':>8} {'of peak':>7} {'peak RSS GB':>11}"
+        f"{'GFLOP/s':>8} {'of peak':>7} {'of floor':>8} {'peak RSS GB':>11}"
     )
     for r in report["results"]:
         replan = r["replan_ms_measured"] if r["replan_ms_measured"] is not None else r["replan_ms_derived"]
-        frac = r.get("fraction_of_matmul_peak")
+        frac, floor = r.get("fraction_of_matmul_peak"), r.get("fraction_of_floor")
         lines.append(
             f"{r['batch']:>5} {r['precision']:>5} {r['cond_ms']:>9.1f} {r['step_ms']:>9.1f} {replan:>15.1f} "
             f"{r['step_gflop']:>10.1f} {r['step_gflops_achieved']:>8.1f} "
-            f"{'' if frac is None else f'{frac:.0%}':>7} {r['peak_rss_gb']:>11.2f}"
+            f"{'' if frac is None else f'{frac:.0%}':>7} {'' if floor is None else f'{floor:.0%}':>8} "
+            f"{r['peak_rss_gb']:>11.2f}"
         )
     return "\n".join(lines)
