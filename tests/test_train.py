@@ -70,7 +70,7 @@ def runs(data, tmp_path_factory) -> dict[str, Path]:
            "--log-every", "1")  # fmt: skip
     _train("policy", data, out["policy"], "--planner", str(out["planner"]), "--steps", "4", "--batch-size",
            "2", "--log-every", "1", "policy.plan_cache.plans_per_frame=1", f"policy.plan_cache.dir={root / 'cache'}",
-           "eval.every=4", "eval.episodes=1", "eval.max_steps=3", "eval.video=false")  # fmt: skip
+           "eval.every=4", "eval.episodes=1", "eval.max_steps=3", "eval.video=true")  # fmt: skip
     out["cache"] = root / "cache"
     return out
 
@@ -137,6 +137,7 @@ def test_cli_runs_write_checkpoint_logs_and_metrics(runs):
     assert meta["text_encoder"] == pmeta["text_encoder"] and meta["nfe"] == 10
     evals = [r for r in read_metrics(runs["policy"]) if "eval/success_rate" in r]
     assert len(evals) == 1 and evals[0]["eval/episodes"] == 1 and evals[0]["step"] == 4
+    assert list((runs["policy"] / "eval" / "step_0000004" / "videos").glob("*.mp4"))
 
 
 @pytest.mark.parametrize("stage", ["vae", "policy"])

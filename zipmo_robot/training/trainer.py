@@ -132,6 +132,18 @@ class Logger:
         if self.enabled and self.tb is not None:
             self.tb.add_text(tag, text, step)
 
+    def video_strip(self, step: int, tag: str, video: Path, frames: int = 8) -> None:
+        """A row of `frames` evenly spaced frames of an mp4 as one TensorBoard image (no video codec needed
+        in TensorBoard)."""
+        if not (self.enabled and self.tb is not None and video.is_file()):
+            return
+        import imageio.v3 as iio
+        import numpy as np
+
+        clip = iio.imread(video)  # (T, H, W, 3) uint8
+        pick = np.linspace(0, len(clip) - 1, min(frames, len(clip))).round().astype(int)
+        self.tb.add_image(tag, np.concatenate(list(clip[pick]), axis=1), step, dataformats="HWC")
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -470,5 +482,8 @@ def _evaluate(cfg: Any, stage: Any, ema: Any, out: Path, step: int, logger: Logg
     result = rollout_success(cfg, stage.planner, head, stage.text, out / "eval" / f"step_{step:07d}")
     logger.log(step, {"eval/success_rate": result["success_rate"], "eval/episodes": result["episodes"]})
     if result.get("videos"):
-        logger.text(step, "eval/videos", "\n".join(result["videos"]))
+        folder = out / "eval" / f"step_{step:07d}"
+        logger.text(step, "eval/videos", "\n".join(str(folder / v) for v in result["videos"]))
+        for i, v in enumerate(result["videos"][:4]):
+            logger.video_strip(step, f"eval/episode_{i}", folder / v)
     log(f"eval at step {step}: success {result['success_rate']:.2f} over {result['episodes']} episodes")
