@@ -161,3 +161,22 @@ def test_windows_interpolate_16_frames_to_64_samples():
     picked = pick_tracks(vis, 3, np.random.default_rng(0))
     assert picked is not None and len(set(picked.tolist())) == 3 and 2 not in picked
     assert pick_tracks(vis, n, np.random.default_rng(0)) is None
+
+
+def test_ledger_ignores_a_line_cut_by_a_kill_and_the_table_counts_attempts(tmp_path):
+    from zipmo_robot.bench.data import collection_table
+    from zipmo_robot.data.collect import read_ledger
+
+    ledger = tmp_path / "libero_spatial" / ".parts" / "some_task" / "attempts.jsonl"
+    ledger.parent.mkdir(parents=True)
+    rows = [
+        '{"attempt": 0, "seed": 0, "steps": 150, "demo": "demo_0", "success": true, "seconds": 60.0}',
+        '{"attempt": 1, "seed": 1, "steps": 600, "success": false, "seconds": 12.5}',
+        '{"attempt": 2, "seed": 2, "steps": 170, "demo": "demo_1", "success": true, "seconds": 70.0}',
+        '{"attempt": 3, "seed": 3, "st',  # killed mid-write: that attempt is redone
+    ]
+    ledger.write_text("\n".join(rows))
+    assert [r["attempt"] for r in read_ledger(ledger)] == [0, 1, 2]
+    (row,) = collection_table(tmp_path)
+    assert row["suite"] == "libero_spatial" and row["task"] == "some_task"
+    assert (row["kept"], row["attempts"], row["mean_length"], row["seconds"]) == (2, 3, 160.0, 142.5)
