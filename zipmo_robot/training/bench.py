@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# (processes, torch threads per process). One thread per process: on a shared, loaded 2-core machine a
+# 2-thread process spends its time waiting at OpenMP barriers (measured: tiny VAE 1.4 samples/s with
+# 1 process x 2 threads against 7.8 with 2 processes x 1 thread, load average 12).
+CONFIGS = ((1, 1), (2, 1))
 COMMON = ["data.split=demos", "data.n_tracks=16", "progress=false", "tensorboard=false", "save_every=100000"]
 
 
@@ -57,7 +61,7 @@ def _train(stage: str, args: list[str], out: Path, procs: int, threads: int) -> 
 
 
 def throughput(data: Path, out: Path, sizes: list[str], steps: int, batch: int) -> dict[str, Any]:
-    """samples/s of every stage per size, 1 process x 2 threads and 2 processes x 1 thread."""
+    """samples/s of every stage per size for each (processes, threads) of `CONFIGS`."""
     import shutil
 
     res: dict[str, Any] = {}
@@ -69,8 +73,8 @@ def throughput(data: Path, out: Path, sizes: list[str], steps: int, batch: int) 
                   "--log-every", str(max(1, steps // 4)), *COMMON]  # fmt: skip
         # prerequisite checkpoints (2 steps each; quality does not matter for speed)
         pre = ["--data", str(data), "--size", size, "--steps", "2", "--batch-size", "2", *COMMON]
-        _train("vae", pre, root / "vae_ckpt", 1, 2)
-        _train("planner", [*pre, "--vae", str(root / "vae_ckpt")], root / "planner_ckpt", 1, 2)
+        _train("vae", pre, root / "vae_ckpt", 1, 1)
+        _train("planner", [*pre, "--vae", str(root / "vae_ckpt")], root / "planner_ckpt", 1, 1)
         cache = root / "plan_cache"
         t0 = time.perf_counter()
         built = _train(
@@ -84,7 +88,7 @@ def throughput(data: Path, out: Path, sizes: list[str], steps: int, batch: int) 
             ],  # fmt: skip
             root / "cache_build",
             1,
-            2,
+            1,
         )
         plans_line = [x for x in built["stdout"].splitlines() if x.startswith("plan cache:")]
         res[f"{size}/plan_cache_build"] = {"wall_s": time.perf_counter() - t0, "log": plans_line}
@@ -101,7 +105,7 @@ def throughput(data: Path, out: Path, sizes: list[str], steps: int, batch: int) 
         }
         for name, extra in stages.items():
             stage = name.split("_")[0]
-            for procs, threads in ((1, 2), (2, 1)):
+            for procs, threads in CONFIGS:
                 r = _train(stage, [*common, *extra], root / f"{name}_{procs}p", procs, threads)
                 r.pop("stdout")
                 res[f"{size}/{name}/{procs}proc"] = r
