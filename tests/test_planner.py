@@ -69,8 +69,6 @@ class _Counter:
         self.n += 1
 
 
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_sample_computes_conditioning_once_and_skips_uncond_at_scale_1(variant, cfg_scale):
