@@ -218,9 +218,12 @@ def _listing(items: list, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "state dict") -> None:
+def load_strict(
+    model: nn.Module, sd: dict[str, torch.Tensor], what: str = "state dict", assign: bool = False
+) -> None:
     """Load `sd` into `model`, requiring every key and shape to match; otherwise raise one
-    `CheckpointError` listing missing keys, unexpected keys and shape mismatches (key, expected, got)."""
+    `CheckpointError` listing missing keys, unexpected keys and shape mismatches (key, expected, got).
+    `assign`: the model was built on the meta device and takes `sd`'s tensors (`_assign_loaded`)."""
     missing, unexpected, mismatched = state_dict_diff(model, sd)
     if missing or unexpected or mismatched:
         parts = [f"{what} does not fit {type(model).__name__}:"]
@@ -233,7 +236,10 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "stat
             parts.append(f"  {len(mismatched)} shape mismatch(es):\n{_listing(rows)}")
         parts.append("  Check that the model config (sizes, variant, share_vae_dino) matches the file.")
         raise CheckpointError("\n".join(parts))
-    model.load_state_dict(sd, strict=True)
+    if assign:
+        _assign_loaded(model, sd)
+    else:
+        model.load_state_dict(sd, strict=True)
 
 
 def model_from_official(
@@ -254,9 +260,35 @@ def model_from_official(
         config = infer_config(kind, converted, dino_num_heads=dino_num_heads)
     if isinstance(config, PlannerConfig):
         config = replace(config, share_vae_dino=shares_vae_dino(kind, converted), official_quirks=True)
-    model = build_model(kind, config)
-    load_strict(model, converted, what or f"official {kind} checkpoint")
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = build_model(kind, config)
+    load_strict(model, converted, what or f"official {kind} checkpoint", assign=True)
     return model
+
+
+def _assign_loaded(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Load `sd` into a model built on the meta device by taking its tensors as the parameters (no copy:
+    peak memory is the state dict, not state dict + model), then fill the buffers checkpoints do not store
+    from each module's `nonpersistent_buffers()`. Tensors of another dtype than the model's are cast first
+    (as a copying load would), one at a time."""
+    expected = model.state_dict()
+    for key, value in sd.items():
+        want = expected[key].dtype
+        if value.dtype != want:
+            sd[key] = value.to(want)
+    model.load_state_dict(sd, strict=True, assign=True)
+    for module in model.modules():
+        if any(b is not None and b.is_meta for b in module._buffers.values()):
+            fill = getattr(module, "nonpersistent_buffers", None)
+            if fill is None:
+                raise RuntimeError(
+                    f"{type(module).__name__} has buffers that are neither stored nor rebuildable"
+                )
+            for name, value in fill().items():
+                module._buffers[name] = value
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left on the meta device after loading: {left[:5]}")
 
 
 # ----------------------------------------------------------------------------------------------------------

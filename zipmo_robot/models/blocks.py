@@ -237,6 +237,10 @@ class SelfAttentionBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, n_heads={self.n_heads}"
 
+    def nonpersistent_buffers(self) -> dict[str, torch.Tensor]:
+        """Values of the buffers checkpoints do not store (for models built on the meta device)."""
+        return {"eps": torch.tensor(1e-6)}
+
     def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
         """Rotary tables of positions pos (B, L, P) for q/k of `dtype` (default: what `qkv_proj` produces in
         the current autocast state): (B, nh, L, 2*n_rot) each, or None without rope. Constant over the Euler
@@ -298,6 +302,10 @@ class CrossAttentionBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, n_heads={self.n_heads}"
+
+    def nonpersistent_buffers(self) -> dict[str, torch.Tensor]:
+        """Values of the buffers checkpoints do not store (for models built on the meta device)."""
+        return {"eps": torch.tensor(1e-6)}
 
     def context(
         self, x_cross: torch.Tensor, pos_cross: torch.Tensor | None, dtype: torch.dtype | None = None

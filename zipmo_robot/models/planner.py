@@ -327,20 +327,25 @@ class MotionPlanner(nn.Module):
             ]
         )
         self.out_proj = CondTokenConcatSplit(W, C)
-        # latent positions (t = 0, y, x) of one view's grid
-        G = cfg.vae.latent_grid
+        for name, value in self.nonpersistent_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def nonpersistent_buffers(self) -> dict[str, torch.Tensor]:
+        """Token positions (not stored in checkpoints; also used to finish a model built on the meta
+        device): `_latent_pos` (G*G, 3) = (t = 0, y, x) of one view's latent grid, `_image_pos` (g*g, 3) of
+        the image tokens."""
+        G, g = self.cfg.vae.latent_grid, self.cfg.dino.grid
         t0 = centers(-1.0, 1.0, 1, device="cpu")[0].item()
-        self.register_buffer(
-            "_latent_pos",
-            torch.cat([torch.full((G * G, 1), t0), make_axial_pos_2d(G, G)], dim=-1),
-            persistent=False,
-        )
-        g = cfg.dino.grid
-        self.register_buffer(
-            "_image_pos",
-            torch.cat([torch.full((g * g, 1), self._image_t()), make_axial_pos_2d(g, g)], dim=-1),
-            persistent=False,
-        )
+        cpu = torch.device("cpu")
+        return {
+            "_latent_pos": torch.cat(
+                [torch.full((G * G, 1), t0, device=cpu), make_axial_pos_2d(G, G, device=cpu)], dim=-1
+            ),
+            "_image_pos": torch.cat(
+                [torch.full((g * g, 1), self._image_t(), device=cpu), make_axial_pos_2d(g, g, device=cpu)],
+                dim=-1,
+            ),
+        }
 
     # -- variant hooks ---------------------------------------------------------------------------------
     def _dino_emb_init(self) -> torch.Tensor:
