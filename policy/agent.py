@@ -241,7 +241,8 @@ class RollingReplanner(Policy):
         txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
         t_pre = time.perf_counter()
 
-        autocast = sampling_autocast(self.config.precision, dev, planner)  # bf16: weights cast once per step
+        # bf16: the Euler-step weights (backbone) cast once per control step, not once per Euler step
+        autocast = sampling_autocast(self.config.precision, dev, planner.backbone)
         with autocast:
             guidance = planner.prepare_sampling(
                 frames, track_conds=track_conds, txt_emb=txt, start_t=start_t, cfg_scale=self.config.cfg_scale
