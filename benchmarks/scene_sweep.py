@@ -258,6 +258,56 @@ def summary(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def timing_summary(done: dict[str, dict[str, Any]], table: dict[str, dict[str, Any]]) -> str:
+    """Median reset times per suite and path (s, one sweep run): ours on the task's path (the first reset after
+    a seed / the next one), the old plain soft reset, and the official fresh worker (hard reset, construction)."""
+    rows = [
+        "| suite | path | tasks | ours, reset after env.seed | ours, next reset | old soft reset | "
+        "official hard reset | official env construction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    order = ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for key, rec in done.items():
+        groups.setdefault((key.split("/")[0], table[key]["reset_path"]), []).append(rec)
+    for (suite, path), recs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        pairs = [(c, t) for r in recs for c, t in zip(r["cases"], r["timing"]["ours"]["reset_s"])]
+        first = [t for c, t in pairs if c["reset_index"] == c["seeded_at"]]
+        later = [t for c, t in pairs if c["reset_index"] > c["seeded_at"]]
+        legacy = [t for r in recs for t in r["timing"]["ours"]["legacy_soft_s"]]
+        hard = [t for r in recs for t in r["timing"]["official"]["hard_reset_s"]]
+        build = [r["timing"]["official"]["build_s"] for r in recs]
+        cells = " | ".join(f"{np.median(x):.2f}" for x in (first, later, legacy, hard, build))
+        rows.append(f"| {suite} | {path} | {len(recs)} | {cells} |")
+    return "\n".join(rows)
+
+
+def merge_results(table: dict[str, dict[str, Any]], done: dict[str, dict[str, Any]]) -> None:
+    """Put each swept task's verdict into its table entry."""
+    for key, rec in done.items():
+        if key in table:
+            table[key]["sweep"] = {
+                "identical": rec["identical"],
+                "n_cases": len(rec["cases"]),
+                "legacy_soft_identical": rec["legacy_soft_identical"],
+                "legacy_soft_max_fixture_shift_m": max(c["fixture_shift_m"] for c in rec["legacy_soft"]),
+                "legacy_soft_max_changed_fraction": max(
+                    c["agentview_changed_fraction"] for c in rec["legacy_soft"]
+                ),
+            }
+
+
+def load_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-task records of a sweep JSONL, by task key."""
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["task"]] = rec
+    return done
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -266,8 +316,18 @@ def main() -> int:
     parser.add_argument("--suites", nargs="*", default=None)
     parser.add_argument("--tasks", nargs="*", type=int, default=None, help="task ids (default: all)")
     parser.add_argument("--worker", nargs=3, metavar=("SUITE", "TASK", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--report", action="store_true", help="only merge --out into the table and print it")
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.report:
+        document = json.loads(TABLE.read_text())
+        done = load_results(Path(args.out))
+        merge_results(document["tasks"], done)
+        write_table(document["tasks"], {k: v for k, v in document.items() if k != "tasks"})
+        print(summary(document["tasks"]) + "\n\n" + timing_summary(done, document["tasks"]))
+        bad = [k for k, rec in done.items() if not rec["identical"]]
+        print("different from raw LIBERO:", bad or "none")
+        return 1 if bad else 0
     if args.worker:
         suite, task_id, path = args.worker
         print("RESULT " + json.dumps(check_task(suite, int(task_id), path)), flush=True)
@@ -289,12 +349,7 @@ def main() -> int:
         table.update(static_table(missing))
         write_table(table, meta)
     out = Path(args.out)
-    done = {}
-    if out.is_file():
-        for line in out.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["task"]] = rec
+    done = load_results(out)
     order = {s: n for n, s in enumerate(SUITES)}  # round-robin over suites: a partial sweep covers all five
     todo = sorted(
         (k for k in table if k.split("/")[0] in suites),
@@ -317,19 +372,9 @@ def main() -> int:
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         done[key] = rec
-    for key, rec in done.items():
-        if key in table:
-            table[key]["sweep"] = {
-                "identical": rec["identical"],
-                "n_cases": len(rec["cases"]),
-                "legacy_soft_identical": rec["legacy_soft_identical"],
-                "legacy_soft_max_fixture_shift_m": max(c["fixture_shift_m"] for c in rec["legacy_soft"]),
-                "legacy_soft_max_changed_fraction": max(
-                    c["agentview_changed_fraction"] for c in rec["legacy_soft"]
-                ),
-            }
+    merge_results(table, done)
     write_table(table, meta)
-    print(summary(table))
+    print(summary(table) + "\n\n" + timing_summary(done, table))
     bad = [k for k, rec in done.items() if not rec["identical"]]
     print("different from raw LIBERO:", bad or "none")
     return 1 if bad else 0
