@@ -1,4 +1,4 @@
-"""Bit-exactness records of the agent's actions (issue 10/10 item 2): seeded random weights, fixed inputs,
+"""Bit-exactness records of the agent's actions: seeded random weights, fixed inputs,
 a few control steps, and the actions/latents they give, so a speed change can be checked to move no bit.
 
 The records in `tests/data/exact_<cpu kind>.safetensors` were made with the code of commit 8321ee5 (before

@@ -1,5 +1,5 @@
 """What a new user hits before any env is built: clear one-line errors from `rollout` and `eval`, and nothing
-written (findings 10 of issue 16)."""
+written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every episode starts in the scene the official evaluation would show (issue 15).
+"""Every episode starts in the scene the official evaluation would show.
 
 The reference is raw LIBERO run as an official worker: a fresh `OffScreenRenderEnv` (hard resets), `env.seed(s)`
 once after construction, then per episode `reset()`, `set_init_state`, 5 settle steps `[0,0,0,0,0,0,-1]`
