@@ -2,13 +2,14 @@
 
 Phase 1 (one process, no renderer, ~3 min): for each of the 130 tasks, which fixtures LIBERO places at random
 (`envs.libero.randomised_fixtures`) and hence the reset path ("soft" if none, else "replay"); the table is
-written at once. Phase 2 (one subprocess per task, one at a time, ~30 s each): for 3 env seeds, a fresh raw
-`OffScreenRenderEnv` runs the official worker sequence (`env.seed(s)`, then reset + `set_init_state` + 5
-settle steps, a few steps, and a second reset on another init state) and one `LiberoEnv` of the task, after
-an unrelated episode, resets to the same (seed, init state, reset index) on the table's path; both cameras
-(128², vertical flip) and the proprio must be byte-identical. It also measures what a plain soft reset (the
-old behaviour) gives, and the reset times of each path. Results go to a JSONL (a killed sweep resumes) and
-into the table after every task.
+written at once. Phase 2 (one subprocess per task, one at a time, ~30 s each on an idle machine): one fresh raw
+`OffScreenRenderEnv` runs as an official worker (`env.seed(0)` after construction, then per episode reset +
+`set_init_state` + 5 settle steps + a few steps: init states 45, 46 = ATM's worker 9; then `env.seed(7)` and
+`env.seed(1042)` with two init states each) and one `LiberoEnv` of the task, after an unrelated episode per
+seed, resets to the same (seed, reset index, seeded_at, init state) on the table's path; both cameras (128²,
+vertical flip) and the proprio must be byte-identical. It also measures what the old plain soft reset gave.
+Results go to a JSONL as each task ends (a killed sweep resumes) and into the table at the end (`--report`
+merges a partial run). `--bench N` only times the reset paths, one task per suite.
 
     MUJOCO_GL=egl python benchmarks/scene_sweep.py --out /tmp/scene_sweep.jsonl [--suites libero_10] [--tasks 9]
 """
@@ -308,6 +309,73 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+BENCH_TASKS = (
+    ("libero_spatial", 0),
+    ("libero_object", 0),
+    ("libero_goal", 0),
+    ("libero_10", 9),
+    ("libero_90", 0),
+)
+
+
+def _timed_reset(env: Any, seed: int, r: int, path: str | None = None) -> float:
+    """Seconds of one `LiberoEnv.reset` to (seed, reset r, init state r), on `path` if given."""
+    saved = env.reset_path
+    env.reset_path = path or saved
+    t0 = time.perf_counter()
+    env.reset(seed=seed, options={"init_state_id": r, "reset_index": r})
+    env.reset_path = saved
+    return time.perf_counter() - t0
+
+
+def bench(repeats: int) -> str:
+    """Reset + `set_init_state` + 5 settle steps, median seconds per path, one task per suite, all in one
+    process and one run (ratios are what compare): the task's own path for the first reset after a seed, the
+    next reset, and a later reset replayed from scratch (r = 1, nothing cached); a plain soft reset; and the
+    official fresh worker (construction + first hard reset)."""
+    from zipmo_robot.envs.libero import LiberoEnv, import_libero_envs
+    from zipmo_robot.envs.spec import EnvConfig
+    from zipmo_robot.envs.suites import get_task
+
+    libero_envs = import_libero_envs()
+    rows = [
+        "| task | path | reset after env.seed | next reset (cached) | reset 1 from scratch | plain soft reset | "
+        "official: construction + hard reset |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for suite, task_id in BENCH_TASKS:
+        env = LiberoEnv(EnvConfig(suite=suite, task_id=task_id))
+        times: dict[str, list[float]] = {"first": [], "next": [], "scratch": [], "soft": [], "official": []}
+
+        env.reset(seed=12345, options={"init_state_id": 0})  # warm-up (first render, XML compile)
+        for k in range(repeats):
+            times["first"].append(_timed_reset(env, k, 0))
+            times["next"].append(_timed_reset(env, k, 1))
+            times["scratch"].append(_timed_reset(env, 100 + k, 1))
+            times["soft"].append(_timed_reset(env, k, 0, "soft"))
+        env.close()
+        for k in range(max(1, repeats // 2)):
+            saved = np.random.get_state()
+            t0 = time.perf_counter()
+            raw = libero_envs.OffScreenRenderEnv(
+                bddl_file_name=str(get_task(suite, task_id).bddl_path), camera_heights=128, camera_widths=128
+            )
+            raw.seed(k)
+            raw.reset()
+            obs = raw.set_init_state(env.init_states[0])
+            for _ in range(5):
+                obs, _, _, _ = raw.step(SETTLE)
+            times["official"].append(time.perf_counter() - t0)
+            raw.close()
+            np.random.set_state(saved)
+        cells = " | ".join(
+            f"{np.median(times[w]):.2f}" for w in ("first", "next", "scratch", "soft", "official")
+        )
+        rows.append(f"| {suite}/{task_id} | {env.reset_path} | {cells} |")
+        print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -317,8 +385,16 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", type=int, default=None, help="task ids (default: all)")
     parser.add_argument("--worker", nargs=3, metavar=("SUITE", "TASK", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--report", action="store_true", help="only merge --out into the table and print it")
+    parser.add_argument(
+        "--bench", type=int, metavar="N", help="only time each reset path, N repeats per task"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.bench:
+        print(f"CPU: {cpu_name()}; load average before: {os.getloadavg()}")
+        print(bench(args.bench))
+        print(f"load average after: {os.getloadavg()}")
+        return 0
     if args.report:
         document = json.loads(TABLE.read_text())
         done = load_results(Path(args.out))

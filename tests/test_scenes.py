@@ -223,3 +223,30 @@ def test_scene_table_covers_every_task_and_agrees_with_the_placement_regions():
             assert env.reset_path == table[f"{suite}/{task_id}"]["reset_path"]
         finally:
             env.close()
+
+
+def test_protocols_place_each_episode_at_its_official_workers_reset():
+    """`official_reset` per preset, and the runner work items carry it (no env needed)."""
+    from zipmo_robot.eval.engine import Cell, cell_episode
+    from zipmo_robot.eval.protocols import load_preset, official_reset
+
+    expected = {
+        "atm": {0: (0, 0), 9: (0, 0), 10: (1, 0), 19: (1, 0)},  # 20 episodes on 10 workers, seeded once
+        "tramoe": {15: (1, 0)},
+        "zipmo_release": {3: (0, 0), 13: (1, 0)},
+        "literature": {0: (0, 0), 49: (49, 0)},  # one env, 50 sequential resets, env.seed(0) once
+        "lerobot": {0: (1, 1), 2: (3, 3)},  # an unseeded reset at construction, env.seed before every reset
+        "default": {0: (0, 0), 17: (0, 0)},  # every episode its own fresh worker
+    }
+    for name, cases in expected.items():
+        protocol = load_preset(name)
+        for episode, place in cases.items():
+            assert official_reset(protocol, episode) == place, (name, episode)
+    episode = cell_episode(load_preset("atm"), Cell("libero_10", 9, 0, 19))
+    assert (episode.init_state_id, episode.reset_seed, episode.reset_index, episode.seeded_at) == (
+        46,
+        0,
+        1,
+        0,
+    )
+    assert episode.scene_options == {"reset_index": 1, "seeded_at": 0}
