@@ -232,6 +232,98 @@ def check_task(suite: str, task_id: int, reset_path: str) -> dict[str, Any]:
     }
 
 
+def _model_and_state(raw: Any) -> dict[str, np.ndarray]:
+    """Everything a reset decides, without rendering: every body's pose in the model and the sim state."""
+    model = raw.env.sim.model
+    return {
+        "body_pos": model.body_pos.copy(),
+        "body_quat": model.body_quat.copy(),
+        "state": raw.get_sim_state(),
+    }
+
+
+def check_task_state(suite: str, task_id: int, reset_path: str) -> dict[str, Any]:
+    """The state-only sweep of one task (no renderer: several times cheaper): after each of `RESETS` + 5 settle
+    steps, every body pose of the model and the sim state of `LiberoEnv` (render=False) equal the raw worker's."""
+    from zipmo_robot.envs.libero import LiberoEnv, import_libero_envs
+    from zipmo_robot.envs.spec import EnvConfig
+    from zipmo_robot.envs.suites import get_task, load_init_states
+
+    libero_envs = import_libero_envs()
+    task = get_task(suite, task_id)
+    init_states = load_init_states(suite, task_id)
+    saved = np.random.get_state()
+    raw = libero_envs.env_wrapper.ControlEnv(
+        bddl_file_name=str(task.bddl_path),
+        has_renderer=False,
+        has_offscreen_renderer=False,
+        use_camera_obs=False,
+    )
+    official = []
+    rng = np.random.default_rng(0)
+    for seed, seeded_at, reset_index, init in RESETS:
+        if seeded_at == reset_index:
+            raw.seed(seed)
+        raw.reset()
+        raw.set_init_state(init_states[init])
+        for _ in range(5):
+            raw.step(SETTLE)
+        official.append(_model_and_state(raw))
+        for _ in range(5):
+            raw.step(rng.uniform(-1, 1, 7))
+    raw.close()
+    np.random.set_state(saved)
+    env = LiberoEnv(EnvConfig(suite=suite, task_id=task_id, render=False), reset_path=reset_path)
+    cases = []
+    for (seed, seeded_at, reset_index, init), ref in zip(RESETS, official):
+        if reset_index == seeded_at:
+            useed, uinit, ur = UNRELATED
+            env.reset(seed=useed, options={"init_state_id": uinit, "reset_index": ur})
+            env.step(np.full(7, 0.5))
+        options = {"init_state_id": init, "reset_index": reset_index, "seeded_at": seeded_at}
+        env.reset(seed=seed, options=options)
+        mine = _model_and_state(env.raw)
+        same = {k: bool(np.array_equal(mine[k], ref[k])) for k in ref}
+        cases.append({"seed": seed, **options, **same, "identical": all(same.values())})
+        env.step(np.full(7, -0.3))
+    env.close()
+    return {
+        "task": f"{suite}/{task_id}",
+        "mode": "state",
+        "reset_path": reset_path,
+        "identical": all(c["identical"] for c in cases),
+        "cases": cases,
+    }
+
+
+def run_state_sweep(
+    table: dict[str, dict[str, Any]], out: Path, chunk: int = 10
+) -> dict[str, dict[str, Any]]:
+    """Run `check_task_state` over every task of `table`, `chunk` tasks per subprocess, appending to `out`."""
+    from tqdm import tqdm
+
+    done = load_results(out)
+    todo = [k for k in table if k not in done]
+    bar = tqdm(total=len(todo), desc="tasks (state)", unit="task")
+    for start in range(0, len(todo), chunk):
+        keys = todo[start : start + chunk]
+        args = [f"{k}:{table[k]['reset_path']}" for k in keys]
+        proc = subprocess.run(
+            [sys.executable, __file__, "--state-worker", *args], capture_output=True, text=True, timeout=3600
+        )
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                rec = json.loads(line[len("RESULT ") :])
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                done[rec["task"]] = rec
+                bar.update(1)
+        if proc.returncode != 0:
+            print(f"state worker failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+    bar.close()
+    return done
+
+
 def write_table(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
     from zipmo_robot.files import atomic_write_text
 
@@ -239,22 +331,23 @@ def write_table(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
 
 
 def summary(table: dict[str, dict[str, Any]]) -> str:
-    """The README table: per suite, tasks per reset path, sweep verdicts and the old soft reset's verdict."""
+    """The README table: per suite, tasks per reset path, the state-only and the image sweeps' verdicts (tasks
+    identical to raw LIBERO / tasks swept), and the old soft reset's verdict on the image-swept tasks."""
     rows = [
-        "| suite | tasks | soft path | replay path | swept | identical to raw LIBERO | old soft reset identical |",
+        "| suite | tasks | soft path | replay path | state sweep: identical / swept | "
+        "image sweep: identical / swept | old soft reset identical (image-swept) |",
         "|---|---|---|---|---|---|---|",
     ]
-    suites = sorted(
-        {k.split("/")[0] for k in table},
-        key=lambda s: ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"].index(s),
-    )
-    for suite in suites:
+    order = ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"]
+    for suite in sorted({k.split("/")[0] for k in table}, key=order.index):
         entries = [v for k, v in table.items() if k.split("/")[0] == suite]
-        swept = [v["sweep"] for v in entries if v["sweep"]]
+        state = [v["state_sweep"] for v in entries if v.get("state_sweep")]
+        image = [v["sweep"] for v in entries if v.get("sweep")]
         rows.append(
             f"| {suite} | {len(entries)} | {sum(v['reset_path'] == 'soft' for v in entries)} | "
-            f"{sum(v['reset_path'] == 'replay' for v in entries)} | {len(swept)} | "
-            f"{sum(s['identical'] for s in swept)} | {sum(s['legacy_soft_identical'] for s in swept)} |"
+            f"{sum(v['reset_path'] == 'replay' for v in entries)} | "
+            f"{sum(x['identical'] for x in state)} / {len(state)} | {sum(x['identical'] for x in image)} / "
+            f"{len(image)} | {sum(x['legacy_soft_identical'] for x in image)} |"
         )
     return "\n".join(rows)
 
@@ -388,8 +481,30 @@ def main() -> int:
     parser.add_argument(
         "--bench", type=int, metavar="N", help="only time each reset path, N repeats per task"
     )
+    parser.add_argument(
+        "--state-only", action="store_true", help="compare model and sim state only (no renderer, all tasks)"
+    )
+    parser.add_argument("--state-worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.state_worker:
+        for item in args.state_worker:
+            key, path = item.split(":")
+            suite, task_id = key.split("/")
+            print("RESULT " + json.dumps(check_task_state(suite, int(task_id), path)), flush=True)
+        return 0
+    if args.state_only:
+        document = json.loads(TABLE.read_text())
+        done = run_state_sweep(document["tasks"], Path(args.out))
+        for key, rec in done.items():
+            document["tasks"][key]["state_sweep"] = {
+                "identical": rec["identical"],
+                "n_cases": len(rec["cases"]),
+            }
+        write_table(document["tasks"], {k: v for k, v in document.items() if k != "tasks"})
+        bad = sorted(k for k, rec in done.items() if not rec["identical"])
+        print(f"state sweep: {len(done)} tasks, {len(done) - len(bad)} identical; different: {bad or 'none'}")
+        return 1 if bad else 0
     if args.bench:
         print(f"CPU: {cpu_name()}; load average before: {os.getloadavg()}")
         print(bench(args.bench))
