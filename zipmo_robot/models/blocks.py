@@ -243,13 +243,13 @@ class SelfAttentionBlock(nn.Module):
 
     def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
         """Rotary tables of positions pos (B, L, P) for q/k of `dtype` (default: what `qkv_proj` produces in
-        the current autocast state): (B, L, nh, 2*n_rot) each, token-major like the projections, or None
-        without rope. Constant over the Euler steps of one sampling call, so the planner builds them once
-        (`Level.rotaries`)."""
+        the current autocast state): (B, nh, L, n_rot) each (a view of token-major storage, the layout of
+        q and k), or None without rope. Constant over the Euler steps of one sampling call, so the planner
+        builds them once (`Level.rotaries`)."""
         if self.pos_emb is None:
             return None
         dtype = _linear_out_dtype(self.qkv_proj.weight) if dtype is None else dtype
-        return rotary_tables(self.pos_emb(pos.to(dtype)), dtype)
+        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
 
     def forward(
         self,
@@ -261,16 +261,12 @@ class SelfAttentionBlock(nn.Module):
         skip = x
         x = self.norm(x, cond_norm)
         qkv = self.qkv_proj(x)
-        B, L, _ = qkv.shape
-        qkv = qkv.view(B, L, 3, self.n_heads, self.d_head)
-        # q and k scaled (and rotated) together, token-major (the projection's own layout, so every operand
-        # is read in memory order): elementwise, so the bits are those of q and k apart, heads first
-        qk = _cosine_factor(qkv[:, :, :2], self.scale[:, None], self.eps)  # (B, L, 2, nh, e)
+        q, k, v = _split_heads(qkv, 3, self.d_head)  # each (B, nh, L, e)
+        q, k = scale_for_cosine_sim(q, k, self.scale[:, None, None], self.eps)
         if self.pos_emb is not None:
             cos, sin = rotary if rotary is not None else self.rotary(pos, qkv.dtype)
-            qk = apply_rotary(qk, cos.unsqueeze(-3), sin.unsqueeze(-3))  # broadcast over (q, k)
-        q, k = qk.permute(2, 0, 3, 1, 4).contiguous()  # (B, nh, L, e) each, as SDPA had them before
-        x = F.scaled_dot_product_attention(q, k, qkv[:, :, 2].transpose(1, 2), scale=1.0)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         x = self.out_proj(_merge_heads(x))
         return x + skip
 
@@ -335,7 +331,7 @@ class CrossAttentionBlock(nn.Module):
         if self.pos_emb is None:
             return None
         dtype = _linear_out_dtype(self.q_proj.weight) if dtype is None else dtype
-        return rotary_tables(self.pos_emb(pos.to(dtype)), dtype)
+        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
 
     def forward(
         self,
@@ -360,8 +356,7 @@ class CrossAttentionBlock(nn.Module):
         (q,) = _split_heads(q, 1, self.d_head)
         q = _cosine_factor(q, self.scale[:, None, None], self.eps)
         if self.pos_emb is not None:
-            cos, sin = rotary if rotary is not None else self.rotary(pos, q.dtype)  # (B, L, nh, 2r)
-            q = apply_rotary(q, cos.movedim(-2, -3), sin.movedim(-2, -3))
+            q = apply_rotary(q, *(rotary if rotary is not None else self.rotary(pos, q.dtype)))
         x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         x = self.out_proj(_merge_heads(x))
         return x + skip

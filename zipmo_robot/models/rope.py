@@ -55,27 +55,22 @@ def apply_rotary_emb(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_tables(theta: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(cat(cos, cos), cat(-sin, sin))` of the angles theta (..., L, d) in the rotation dtype (fp32 or wider):
-    (..., L, 2d) each. For inputs of `dtype`; the tables depend only on the positions and the frequencies,
-    so a caller can build them once per sampling call and reuse them in every Euler step."""
+    """`(cos, sin)` of the angles theta (..., L, d) in the rotation dtype (fp32 or wider), for inputs of
+    `dtype`. They depend only on the positions and the frequencies, so a caller can build them once per
+    sampling call and reuse them in every Euler step (the layout of theta is kept)."""
     theta = theta.to(reduce(torch.promote_types, (dtype, theta.dtype, torch.float32)))
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+    return torch.cos(theta), torch.sin(theta)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`apply_rotary_emb` with precomputed `rotary_tables`: x (..., L, d_head), tables (..., L, 2d).
-
-    `y = x*cos2 + swap(x)*sin2` gives exactly the bits of `(x1 cos - x2 sin, x2 cos + x1 sin)`: negating a
-    factor or a summand is exact in IEEE arithmetic, and each product and sum is rounded once as before.
-    """
-    n = cos.shape[-1]
-    if n > x.shape[-1]:
-        raise ValueError(f"rotary angles cover {n} channels but the head has only {x.shape[-1]}")
-    d = n // 2
-    xr = x[..., :n].to(cos.dtype)
-    y = (xr * cos + torch.cat((xr[..., d:], xr[..., :d]), dim=-1) * sin).to(x.dtype)
-    return y if n == x.shape[-1] else torch.cat((y, x[..., n:]), dim=-1)
+    """`apply_rotary_emb` with precomputed `rotary_tables`: x (..., L, d_head), tables (..., L, d)."""
+    d = cos.shape[-1]
+    if 2 * d > x.shape[-1]:
+        raise ValueError(f"rotary angles cover {2 * d} channels but the head has only {x.shape[-1]}")
+    x1, x2, x3 = x[..., :d].to(cos.dtype), x[..., d : 2 * d].to(cos.dtype), x[..., 2 * d :]
+    y1 = x1 * cos - x2 * sin
+    y2 = x2 * cos + x1 * sin
+    return torch.cat((y1.to(x.dtype), y2.to(x.dtype), x3), dim=-1)
 
 
 def _log_spaced_freqs(min_theta: float, max_theta: float, n_heads: int, m: int) -> torch.Tensor:
