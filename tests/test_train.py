@@ -89,7 +89,7 @@ def _fixed_batch_losses(stage, data_root: Path, steps: int, lr: float) -> list[f
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
