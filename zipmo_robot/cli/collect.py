@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-attempts",
         type=int,
         default=None,
-        help="attempts per task (default: max(2 x demos, demos + 20))",
+        help="attempts per task (default: max(6 x demos, demos + 20))",
     )
     parser.add_argument(
         "--render",
