@@ -14,7 +14,12 @@ from typing import Any
 # hydra's ConfigStore through a `register_schemas(cs: ConfigStore) -> None` function. `compose` calls each
 # one before composing, so a YAML preset is validated against its dataclass: unknown keys and wrong types
 # are refused. Add a module here when it owns a config group.
-SCHEMA_MODULES: tuple[str, ...] = ("zipmo_robot.eval.protocols", "zipmo_robot.eval.settings", "zipmo_robot.training.config", "zipmo_robot.policy.config")
+SCHEMA_MODULES: tuple[str, ...] = (
+    "zipmo_robot.eval.protocols",
+    "zipmo_robot.eval.settings",
+    "zipmo_robot.training.config",
+    "zipmo_robot.policy.config",
+)
 
 
 def register_schemas() -> None:
