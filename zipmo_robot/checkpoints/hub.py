@@ -468,11 +468,3 @@ def _hub_model_message(model_id: str, reason: str) -> str:
         f"  fix: on a machine with network run `hf download {model_id} --local-dir DIR`, copy DIR here and pass "
         f"the folder path instead of the model name (or copy a huggingface cache and set HF_HOME)"
     )
-
-
-def load_official(kind: str | None, path_or_spec: str | os.PathLike, **kwargs: Any) -> Any:
-    """Old name of `checkpoints.loader.load_model(path_or_spec, kind, ...)` (VAE and planner files), kept
-    for callers written before the one loader; policy heads load with `loader.load_policy`."""
-    from zipmo_robot.checkpoints.loader import load_model
-
-    return load_model(path_or_spec, kind, **kwargs)

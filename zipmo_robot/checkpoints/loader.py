@@ -174,21 +174,7 @@ def _load_trained(path: Path, source: str, device: Any) -> PolicyBundle:
             f"{path} is a folder: trained checkpoints are read by zipmo_robot.checkpoints.trained, which this "
             f"installation lacks ({exc}); give official:atm, official:tramoe or a .safetensors file"
         ) from exc
-    got = load_policy_bundle(path, device=device)
-    from zipmo_robot.checkpoints import convert
-
-    kind = convert.head_kind(got.planner.cfg.variant)
-    return PolicyBundle(
-        planner=got.planner,
-        head=got.head,
-        kind=kind,
-        source=source,
-        path=str(path),
-        task_embedder=got.task_embedder,
-        text_encoder=dict(got.text_encoder or {}),
-        nfe=got.nfe,
-        meta=dict(got.meta),
-    )
+    return load_policy_bundle(path, device=device, source=source)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -141,9 +141,9 @@ class VAEStage(Stage):
         init = cfg.vae.init
         vcfg = replace(sizes.vae, dino=dino_config(sizes, cfg.image_encoder))
         if init == "official":
-            from zipmo_robot.checkpoints.hub import load_official
+            from zipmo_robot.checkpoints.loader import load_model
 
-            vae = load_official("vae", "official:vae", config=vcfg)
+            vae = load_model("official:vae", "vae", config=vcfg)
             self.sources["vae_init"] = {"spec": "official:vae"}
         else:
             vae = TrajectoryVAE(vcfg)
@@ -261,9 +261,9 @@ class PlannerStage(Stage):
         if pc.vae is None:
             raise UserError("the planner stage needs planner.vae=<VAE checkpoint folder> (or official)")
         if pc.vae == "official":
-            from zipmo_robot.checkpoints.hub import load_official
+            from zipmo_robot.checkpoints.loader import load_model
 
-            vae = load_official("vae", "official:vae", config=sizes.vae)
+            vae = load_model("official:vae", "vae", config=sizes.vae)
             self.sources["vae"] = {"spec": "official:vae"}
         else:
             from zipmo_robot.checkpoints import trained
@@ -483,7 +483,9 @@ class PolicyStage(Stage):
             "sources": self.sources,
             "data_split": self.cfg.data.split,
         }
-        kind = "policy_head_tramoe" if pcfg.use_step_token else "policy_head_atm"
+        from zipmo_robot.checkpoints.convert import head_kind
+
+        kind = head_kind(pcfg.variant)
         return kind, self.model_state(), ema_sd, meta
 
 
