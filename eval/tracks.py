@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zipmo_robot.policy.config import PolicyConfig
 
 from zipmo_robot.data.windows import FUTURE_FRAMES, TRACK_SAMPLES, interpolate_time
 from zipmo_robot.errors import UserError
@@ -47,7 +48,7 @@ class TrackEvalSettings:
     n_tracks: int = 32
     var_threshold: float = 10.0  # px² at 128×128, x- plus y-variance over the window
     k: int = 8
-    nfe: int = 10
+    nfe: int = PolicyConfig.nfe
     seed: int = 0
 
 

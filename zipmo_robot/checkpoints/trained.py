@@ -24,12 +24,15 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zipmo_robot.errors import UserError
 from zipmo_robot.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from zipmo_robot.checkpoints.loader import PolicyBundle
 
 FORMAT = "zipmo-robot-checkpoint/1"
 META = "meta.json"
@@ -332,31 +335,19 @@ def task_embedder(text: Mapping[str, Any], dim: int) -> Any:
     raise UserError(f"unknown text encoder {kind!r} in the checkpoint; expected bert or sentence_code")
 
 
-@dataclass
-class PolicyBundle:
-    """What a trained policy checkpoint rolls out with.
-
-    planner: the frozen LIBERO planner (eval mode); head: the inverse-dynamics head (EMA weights by default);
-    task_embedder: `(suites, languages) -> (B, E)` of the encoder the planner was trained with;
-    text_encoder: that choice (`{"kind": "bert"|"sentence_code", ...}`); nfe: Euler steps used in training;
-    meta: the checkpoint's meta.json (+ "path").
-    """
-
-    planner: Any
-    head: Any
-    task_embedder: Any
-    text_encoder: dict[str, Any]
-    nfe: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def load_policy_bundle(path: str | os.PathLike, device: Any = "cpu", weights: str = "auto") -> PolicyBundle:
-    """Planner + head + task embedder of a policy (BC) checkpoint folder, loaded strictly.
+def load_policy_bundle(
+    path: str | os.PathLike, device: Any = "cpu", weights: str = "auto", source: str | None = None
+) -> PolicyBundle:
+    """Planner + head + task embedder of a policy (BC) checkpoint folder, loaded strictly, as the one
+    `checkpoints.loader.PolicyBundle` (`source`: the spec as given, default the folder).
 
     `weights`: auto (the head's EMA when saved) | model | ema. Raises one `UserError` for a folder that is
     not a policy checkpoint, a damaged file or keys that do not fit meta.json's configs.
     """
+    from zipmo_robot.checkpoints.convert import head_kind
+    from zipmo_robot.checkpoints.loader import PolicyBundle
     from zipmo_robot.models.planner import build_planner
+    from zipmo_robot.policy.config import PolicyConfig
     from zipmo_robot.policy.head import InverseDynamicsHead
 
     meta = read_meta(path)
@@ -379,8 +370,11 @@ def load_policy_bundle(path: str | os.PathLike, device: Any = "cpu", weights: st
     return PolicyBundle(
         planner=planner.to(device).eval(),
         head=head.to(device).eval(),
+        kind=head_kind(pcfg.variant),
+        source=os.fspath(path) if source is None else source,
+        path=os.fspath(path),
         task_embedder=embedder,
         text_encoder=text,
-        nfe=int(meta.get("nfe", 10)),
+        nfe=int(meta.get("nfe", PolicyConfig.nfe)),
         meta=meta,
     )

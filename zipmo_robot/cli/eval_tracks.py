@@ -22,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-tracks", type=int, default=32, help="non-static tracks per window (default 32)")
     parser.add_argument("--var-threshold", type=float, default=10.0, help="px² at 128 (default 10, ATM's)")
     parser.add_argument("--stride", type=int, default=16, help="frames between window starts (default 16)")
-    parser.add_argument("--nfe", type=int, default=10, help="planner Euler steps (default 10)")
+    from zipmo_robot.policy.config import PolicyConfig
+
+    nfe = PolicyConfig.nfe
+    parser.add_argument("--nfe", type=int, default=nfe, help=f"planner Euler steps (default {nfe})")
     parser.add_argument("--max-demos", type=int, help="evaluate at most this many demo files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/eval_tracks", help="output folder (default runs/eval_tracks)")

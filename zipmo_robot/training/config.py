@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from zipmo_robot.errors import UserError
+from zipmo_robot.policy.config import PolicyConfig
 
 STAGES: tuple[str, ...] = ("vae", "planner", "policy")
 IMAGE_ENCODERS: tuple[str, ...] = ("pretrained", "scratch")
@@ -111,8 +112,8 @@ class PolicyStageSchema:
 
     planner: str | None = None
     init: str | None = None
-    nfe: int = 10
-    plan_precision: str = "bf16"
+    nfe: int = PolicyConfig.nfe
+    plan_precision: str = PolicyConfig.precision
     plan_cache: PlanCacheSchema = field(default_factory=PlanCacheSchema)
 
 
@@ -192,10 +193,14 @@ def check(cfg: Any) -> None:
         problems.append(f"text_encoder={cfg.text_encoder!r} is not one of {TEXT_ENCODERS}")
     if cfg.optim.schedule not in SCHEDULES:
         problems.append(f"optim.schedule={cfg.optim.schedule!r} is not one of {SCHEDULES}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        problems.append(f"precision={cfg.precision!r} is not one of auto, bf16, fp32")
-    if cfg.policy.plan_precision not in ("bf16", "fp32"):
-        problems.append(f"policy.plan_precision={cfg.policy.plan_precision!r} is not bf16 or fp32")
+    from zipmo_robot.models.planner import PRECISIONS
+
+    if cfg.precision not in ("auto", *PRECISIONS):
+        problems.append(f"precision={cfg.precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if cfg.policy.plan_precision not in PRECISIONS:
+        problems.append(
+            f"policy.plan_precision={cfg.policy.plan_precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
     for key in ("steps", "batch_size", "log_every", "save_every"):
         if int(cfg[key]) < 1:
             problems.append(f"{key}={cfg[key]} must be >= 1")
