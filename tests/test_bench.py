@@ -150,3 +150,17 @@ def test_bench_agent_cli_writes_a_report(tmp_path: Path) -> None:
     assert "suite_hours_policy_only" in report["results"][1]  # the largest batch projects a suite
     bad = _cli(["bench", "agent", "--size", "tiny", "--precision", "fp16", "--batch", "1"])
     assert bad.returncode == 2 and "fp16" in bad.stderr and "bf16" in bad.stderr
+
+
+def test_bench_train_is_registered(tmp_path: Path) -> None:
+    """`bench train` (zipmo_robot/training/bench.py) runs through the bench CLI: its flags in --help, and a
+    run without --data/--flops writes the bare report (machine, load averages) to --out and --json."""
+    result = _cli(["bench", "train", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--flops" in result.stdout and "--peak-tflops" in result.stdout and "--threads" in result.stdout
+    out, report_path = tmp_path / "bt", tmp_path / "bt.json"
+    result = _cli(["bench", "train", "--out", str(out), "--json", str(report_path)])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report == json.loads((out / "bench_train.json").read_text())
+    assert "cpu" in json.dumps(report["machine"]).lower() and "throughput" not in report

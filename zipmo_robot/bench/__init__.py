@@ -29,10 +29,12 @@ class SubBenchmark:
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """`zipmo_robot.bench.<module>.<name>`, imported on first call."""
+    """`zipmo_robot.bench.<module>.<name>` (or `zipmo_robot.<module>.<name>` for a dotted `module`, e.g.
+    training.bench), imported on first call."""
+    package = "zipmo_robot" if "." in module else "zipmo_robot.bench"
 
     def call(*args: Any) -> Any:
-        return getattr(importlib.import_module(f"zipmo_robot.bench.{module}"), name)(*args)
+        return getattr(importlib.import_module(f"{package}.{module}"), name)(*args)
 
     return call
 
@@ -71,5 +73,12 @@ SUB_BENCHMARKS: dict[str, SubBenchmark] = {
         add_arguments=_lazy("runner", "runner_arguments"),
         run=_lazy("runner", "run_runner"),
         format=_lazy("runner", "format_runner"),
+    ),
+    "train": SubBenchmark(
+        help="training: samples/s per stage (1 and 2 DDP processes) with --data, plan-cache build and BC "
+        "speed-up; --flops: release-size training FLOPs per sample and a GPU-hours projection",
+        add_arguments=_lazy("training.bench", "train_arguments"),
+        run=_lazy("training.bench", "run_train"),
+        format=_lazy("training.bench", "format_train"),
     ),
 }

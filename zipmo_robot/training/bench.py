@@ -1,7 +1,8 @@
 """Training benchmark: samples/s per stage (1 and 2 DDP processes), plan-cache build rate and BC speed-up,
 and training FLOPs per sample at release size with a GPU-hours projection.
 
-    python -m zipmo_robot.training.bench --data DIR --out runs/bench_train [--sizes tiny small] [--flops]
+    zipmo-robot bench train --data DIR --out runs/bench_train [--sizes tiny small] [--flops]
+    (or python -m zipmo_robot.training.bench with the same flags)
 
 Throughput runs are real `zipmo-robot train` subprocesses (torchrun for 2 processes, gloo on CPU); the rate is
 the mean `train/samples_per_s` of the logged windows after the first (warm-up). FLOPs are counted with
@@ -239,8 +240,8 @@ def gpu_projection(flops: dict[str, float], peak_tflops: float, mfu: float) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `zipmo-robot bench train` (and of `python -m zipmo_robot.training.bench`)."""
     p.add_argument("--data", help="preprocessed demos (throughput runs)")
     p.add_argument("--out", default="runs/bench_train")
     p.add_argument("--sizes", nargs="*", default=["tiny", "small"])
@@ -251,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         "--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak (H100/H200 SXM: 989)"
     )
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
-    a = p.parse_args(argv)
+
+
+def run_train(a: argparse.Namespace) -> dict[str, Any]:
+    """The report (throughput with --data, release FLOPs and GPU projection with --flops), also written to
+    <out>/bench_train.json."""
     from zipmo_robot.bench.common import machine_info
 
     out = Path(a.out)
@@ -265,7 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         result["gpu_projection"] = gpu_projection(flops, a.peak_tflops, a.mfu)
     result["load_avg_end"] = os.getloadavg()
     (out / "bench_train.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    return result
+
+
+def format_train(result: dict[str, Any]) -> str:
+    """The report without the machine block, as JSON."""
+    return json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    train_arguments(p)
+    print(format_train(run_train(p.parse_args(argv))))
     return 0
 
 
