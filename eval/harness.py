@@ -99,6 +99,14 @@ def resolve(cfg: Any) -> dict[str, Any]:
     )
 
     options = {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None}
+    from zipmo_robot.policy.config import PolicyConfig
+
+    if options.get("checkpoint", PolicyConfig.checkpoint) != PolicyConfig.checkpoint:
+        raise UserError(
+            f"policy_options.checkpoint={options['checkpoint']}: eval takes its checkpoints from --checkpoint "
+            "(checkpoint=[PATH, ...]); give it there"
+        )
+    options.pop("checkpoint", None)  # the group's checkpoint (below) or the policy's default
     if policy == "zipmo" and not per_suite and not paths and protocol.heads == "per_suite":
         paths = ["official:tramoe"]  # the released Tra-MoE-mode head of each suite (resolved per group)
     cells = plan_cells(suites, tasks, seeds, episodes)
@@ -170,8 +178,24 @@ def run_eval(cfg: Any, *, episodes_override: dict | None = None) -> dict[str, An
             orientation=protocol.orientation,
             image_size=protocol.image_size,
         )
-        return policies.make(plan["policy"], opts)
+        policy = policies.make(plan["policy"], opts)
+        resolved[group.name] = getattr(policy, "resolved_options", dict)()  # a user policy may lack it
+        save_resolved(OmegaConf.create(_with_resolved(c, resolved)), out, name=name)
+        return policy
 
+    resolved: dict[str, dict[str, Any]] = {}
     opts = RunOptions.from_config(c, shard)
     run_cells(protocol, plan["groups"], build, opts, stamp, episodes_override=episodes_override)
     return tables.write_report([out], errors_as_failures=None)
+
+
+def _with_resolved(c: dict[str, Any], resolved: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's config with the options its policies run with (`Policy.resolved_options()`, defaults decided),
+    as rollout writes them: `policy_resolved` per policy group, and `policy_options` filled in with the values
+    every group shares."""
+    out = {**c, "policy_options": dict(c.get("policy_options") or {}), "policy_resolved": dict(resolved)}
+    for key in out["policy_options"]:
+        values = {repr(r.get(key, "<unset>")) for r in resolved.values()}
+        if len(values) == 1 and key in next(iter(resolved.values())):
+            out["policy_options"][key] = next(iter(resolved.values()))[key]
+    return out

@@ -26,6 +26,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["rollout", "--tasks", "99", "--policy", "zero"], "unknown task id 99 for suite 'libero_spatial'; valid ids are 0..9"),
         (["rollout", "--policy", "zero", "foo=1"], "unknown setting 'foo' in 'foo=1'"),
         (["rollout", "--policy", "zero", "+foo=1"], "unknown setting 'foo' in '+foo=1'"),
+        (["rollout", "--policy", "zero", "+policy_options.foo=1"], "unknown setting 'policy_options.foo'"),
+        (["eval", "--policy", "zero", "+policy_options.foo=1"], "unknown setting 'policy_options.foo'"),
+        (["eval", "--policy", "zero", "policy_options.foo=1"], "unknown setting 'policy_options.foo'"),
+        (["eval", "--policy", "zero", "policy_options.nfe=many"], "policy_options.nfe"),
         (["eval", "--policy", "zero", "--suites", "libero_goal", "--checkpoint", "libero_goal=a", "--checkpoint", "b"],
          "either SUITE=PATH values"),
         (["eval", "--policy", "zero", "--checkpoint", "a", "--checkpoint", "b", "--seeds", "1"],
@@ -58,3 +62,44 @@ def test_list_tasks_prints_ids_and_instructions() -> None:
     assert proc.returncode == 0
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 10 and lines[0].split(None, 1) == ["0", "open the middle drawer of the cabinet"]
+
+
+POLICY_MODULE = """
+import numpy as np
+from zipmo_robot.policy.base import Policy
+
+
+class Still(Policy):
+    def reset(self, seed=None):
+        pass
+
+    def act(self, obs, rows):
+        return np.zeros((len(rows), 7), dtype=np.float32)
+
+    def resolved_options(self):
+        return {"nfe": 3, "device": "cpu"}
+"""
+
+
+def test_eval_writes_the_options_its_policy_ran_with(tmp_path: Path) -> None:
+    """eval's policy_options has rollout's schema, and config.yaml records what the policy resolved."""
+    import os
+
+    import yaml
+
+    (tmp_path / "stillpolicy.py").write_text(POLICY_MODULE)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.setdefault("MUJOCO_GL", "egl")
+    out = tmp_path / "run"
+    args = ["eval", "--policy", "stillpolicy:Still", "--protocol", "atm", "--suites", "libero_object"]
+    args += ["--tasks", "0", "--episodes", "1", "--max-steps", "2", "--no-video", "--num-envs", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "zipmo_robot", *args, "--out", str(out), "policy_options.cfg_scale=2.0"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["policy_resolved"] == {"all": {"nfe": 3, "device": "cpu"}}
+    opts = config["policy_options"]
+    assert opts["nfe"] == 3 and opts["device"] == "cpu"  # what the policy ran with
+    assert opts["cfg_scale"] == 2.0 and opts["precision"] == "bf16"  # the override; the schema's default
