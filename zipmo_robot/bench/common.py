@@ -313,12 +313,6 @@ def cast_matmul_weights_(module: Any, dtype: Any) -> int:
     """
     import torch
 
-    n = 0
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Linear):
-            for name in ("weight", "bias"):
-                p = getattr(layer, name, None)
-                if p is not None and p.dtype != dtype:
-                    p.data = p.data.to(dtype)
-                    n += 1
-    return n
+    from zipmo_robot.models.blocks import keep_weights_in_autocast_dtype_
+
+    return keep_weights_in_autocast_dtype_(module, dtype, layers=(torch.nn.Linear,))

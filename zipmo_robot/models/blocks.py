@@ -38,8 +38,11 @@ def _promote_fp32(*tensors: torch.Tensor) -> torch.dtype:
     return reduce(torch.promote_types, [t.dtype for t in tensors] + [torch.float32])
 
 
-def keep_weights_in_autocast_dtype_(module: nn.Module, dtype: torch.dtype) -> int:
-    """Cast the weights and biases of every `nn.Linear` and `nn.Conv2d` in `module` to `dtype`, in place.
+def keep_weights_in_autocast_dtype_(
+    module: nn.Module, dtype: torch.dtype, layers: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+) -> int:
+    """Cast the weights and biases of every `nn.Linear` and `nn.Conv2d` (`layers`) in `module` to `dtype`,
+    in place.
 
     Under autocast these layers cast fp32 weights to the autocast dtype on every call (autocast caches the
     casts only for parameters that require grad, and inference models do not): a read and a write of every
@@ -49,7 +52,7 @@ def keep_weights_in_autocast_dtype_(module: nn.Module, dtype: torch.dtype) -> in
     """
     n = 0
     for layer in module.modules():
-        if isinstance(layer, nn.Linear | nn.Conv2d):
+        if isinstance(layer, layers):
             for name in ("weight", "bias"):
                 p = getattr(layer, name, None)
                 if p is not None and p.dtype != dtype:
@@ -212,16 +215,19 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, L, nh * e)
 
 
-class SelfAttentionBlock(nn.Module):
-    """Pre-norm cosine-similarity self-attention with a learned per-head temperature and rotary positions.
+def _rope_tables(pos_emb: nn.Module, pos: torch.Tensor, dtype: torch.dtype) -> Rotary:
+    """Rotary tables (cos, sin), (B, nh, L, n_rot) each, of positions pos (B, L, P), angles in `dtype`."""
+    return rotary_tables(pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
 
-    `scale [n_heads]` (init 10) multiplies the cosine similarity; SDPA runs with `scale=1`. x: (B, L, d_model),
-    pos: (B, L, P) with P = 3/2/1 for the 3d/2d/1d rope modes.
-    """
 
-    def __init__(
-        self, d_model: int, d_cond_norm: int | None = None, d_head: int = 64, rope_mode: str = "3d_40"
-    ):
+class _CosineAttention(nn.Module):
+    """What self- and cross-attention share: `n_heads` heads of `d_head`, the per-head temperature `scale`
+    (init 10), the pre-norm `norm`, and the rotary tables of the query positions. A subclass sets `pos_emb`
+    (None without rope) and says which projection makes the queries (`_query_weight`)."""
+
+    pos_emb: nn.Module | None
+
+    def __init__(self, d_model: int, d_cond_norm: int | None, d_head: int):
         super().__init__()
         if d_model % d_head:
             raise ValueError(f"d_model={d_model} is not a multiple of d_head={d_head}")
@@ -230,9 +236,9 @@ class SelfAttentionBlock(nn.Module):
         self.register_buffer("eps", torch.tensor(1e-6), persistent=False)
         self.scale = nn.Parameter(torch.full([self.n_heads], 10.0))
         self.norm = _make_norm(d_model, d_cond_norm)
-        self.qkv_proj = nn.Linear(d_model, d_model * 3, bias=False)
-        self.pos_emb = make_rope(rope_mode, d_head, self.n_heads)
-        self.out_proj = zero_init(nn.Linear(d_model, d_model, bias=False))
+
+    def _query_weight(self) -> torch.Tensor:
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, n_heads={self.n_heads}"
@@ -242,14 +248,33 @@ class SelfAttentionBlock(nn.Module):
         return {"eps": torch.tensor(1e-6)}
 
     def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
-        """Rotary tables of positions pos (B, L, P) for q/k of `dtype` (default: what `qkv_proj` produces in
-        the current autocast state): (B, nh, L, n_rot) each (a view of token-major storage, the layout of
-        q and k), or None without rope. Constant over the Euler steps of one sampling call, so the planner
-        builds them once (`Level.rotaries`)."""
+        """Rotary tables of query positions pos (B, L, P) for q/k of `dtype` (default: what the query
+        projection produces in the current autocast state): (B, nh, L, n_rot) each (a view of token-major
+        storage, the layout of q and k), or None without rope. Constant over the Euler steps of one sampling
+        call, so the planner builds them once (`Level.rotaries`)."""
         if self.pos_emb is None:
             return None
-        dtype = _linear_out_dtype(self.qkv_proj.weight) if dtype is None else dtype
-        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
+        dtype = _linear_out_dtype(self._query_weight()) if dtype is None else dtype
+        return _rope_tables(self.pos_emb, pos, dtype)
+
+
+class SelfAttentionBlock(_CosineAttention):
+    """Pre-norm cosine-similarity self-attention with a learned per-head temperature and rotary positions.
+
+    `scale [n_heads]` (init 10) multiplies the cosine similarity; SDPA runs with `scale=1`. x: (B, L, d_model),
+    pos: (B, L, P) with P = 3/2/1 for the 3d/2d/1d rope modes.
+    """
+
+    def __init__(
+        self, d_model: int, d_cond_norm: int | None = None, d_head: int = 64, rope_mode: str = "3d_40"
+    ):
+        super().__init__(d_model, d_cond_norm, d_head)
+        self.qkv_proj = nn.Linear(d_model, d_model * 3, bias=False)
+        self.pos_emb = make_rope(rope_mode, d_head, self.n_heads)
+        self.out_proj = zero_init(nn.Linear(d_model, d_model, bias=False))
+
+    def _query_weight(self) -> torch.Tensor:
+        return self.qkv_proj.weight
 
     def forward(
         self,
@@ -271,7 +296,7 @@ class SelfAttentionBlock(nn.Module):
         return x + skip
 
 
-class CrossAttentionBlock(nn.Module):
+class CrossAttentionBlock(_CosineAttention):
     """Pre-norm cosine-similarity cross-attention to a context `x_cross` (B, Lc, d_cross) normalised by a
     plain RMSNorm (`norm_cross`). Rotary positions on q and k unless `rope_mode == "none"`.
 
@@ -287,26 +312,15 @@ class CrossAttentionBlock(nn.Module):
         d_head: int = 64,
         rope_mode: str = "3d_40",
     ):
-        super().__init__()
-        if d_model % d_head:
-            raise ValueError(f"d_model={d_model} is not a multiple of d_head={d_head}")
-        self.d_head = d_head
-        self.n_heads = d_model // d_head
-        self.register_buffer("eps", torch.tensor(1e-6), persistent=False)
-        self.scale = nn.Parameter(torch.full([self.n_heads], 10.0))
-        self.norm = _make_norm(d_model, d_cond_norm)
+        super().__init__(d_model, d_cond_norm, d_head)
         self.norm_cross = RMSNorm(d_cross)
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.kv_proj = nn.Linear(d_cross, d_model * 2, bias=False)
         self.pos_emb = make_rope(rope_mode, d_head, self.n_heads)
         self.out_proj = zero_init(nn.Linear(d_model, d_model, bias=False))
 
-    def extra_repr(self) -> str:
-        return f"d_head={self.d_head}, n_heads={self.n_heads}"
-
-    def nonpersistent_buffers(self) -> dict[str, torch.Tensor]:
-        """Values of the buffers checkpoints do not store (for models built on the meta device)."""
-        return {"eps": torch.tensor(1e-6)}
+    def _query_weight(self) -> torch.Tensor:
+        return self.q_proj.weight
 
     def context(
         self, x_cross: torch.Tensor, pos_cross: torch.Tensor | None, dtype: torch.dtype | None = None
@@ -323,15 +337,8 @@ class CrossAttentionBlock(nn.Module):
         if self.pos_emb is not None:
             if dtype is None:
                 dtype = _linear_out_dtype(self.q_proj.weight)
-            k = apply_rotary(k, *rotary_tables(self.pos_emb(pos_cross.to(dtype)).movedim(-2, -3), dtype))
+            k = apply_rotary(k, *_rope_tables(self.pos_emb, pos_cross, dtype))
         return k, v
-
-    def rotary(self, pos: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
-        """Rotary tables of the query positions (see `SelfAttentionBlock.rotary`), or None without rope."""
-        if self.pos_emb is None:
-            return None
-        dtype = _linear_out_dtype(self.q_proj.weight) if dtype is None else dtype
-        return rotary_tables(self.pos_emb(pos.to(dtype)).movedim(-2, -3), dtype)
 
     def forward(
         self,
