@@ -10,25 +10,22 @@ HELP = (
     "Evaluate a policy under a protocol (atm, tramoe, zipmo_release, literature, lerobot); resumable; report."
 )
 
-_FLAG_KEYS: dict[str, str] = {
-    "episodes": "episodes",
-    "num_envs": "num_envs",
-    "policy": "policy",
-    "out": "out",
-    "video": "video",
-    "max_steps": "max_steps",
-    "retries": "retries",
-    "assets": "assets",
-    "resume": "resume",
-    "errors_as_failures": "errors_as_failures",
-    "nfe": "policy_options.nfe",
-    "precision": "policy_options.precision",
-    "device": "policy_options.device",
-    "demo": "policy_options.demo",
-}
+
+def _flag_keys() -> dict[str, str]:
+    """flag dest -> config key: rollout's run and policy-option flags, and eval's own."""
+    from zipmo_robot.cli.rollout import POLICY_FLAG_KEYS, RUN_FLAG_KEYS
+
+    return {
+        **RUN_FLAG_KEYS,
+        "resume": "resume",
+        "errors_as_failures": "errors_as_failures",
+        **POLICY_FLAG_KEYS,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from zipmo_robot.cli.rollout import add_policy_option_arguments
+
     g = parser.add_argument_group("what to run (selections: the run keeps its protocol's name)")
     g.add_argument("--protocol", help="preset of configs/protocol (default zipmo_release)")
     g.add_argument("--suites", help="comma-separated suites (default: the protocol's)")
@@ -46,10 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PATH, SUITE=PATH (per-suite heads, repeat per suite) or several PATHs (one per seed: the "
         "seed axis over training seeds)",
     )
-    g.add_argument("--nfe", type=int, help="planner sampling steps")
-    g.add_argument("--precision", help="policy numerics, e.g. fp32")
-    g.add_argument("--device", help="torch device, e.g. cpu or cuda")
-    g.add_argument("--demo", help="demonstration file (--policy replay)")
+    add_policy_option_arguments(g)
     g = parser.add_argument_group("how to run it")
     g.add_argument("--num-envs", type=int, help="worker processes, 2-3 GB each (default 2)")
     g.add_argument("--out", help="output folder (default runs/eval/<protocol>-<policy>)")
@@ -80,7 +74,7 @@ def build_overrides(args: argparse.Namespace) -> list[str]:
     out = []
     if args.protocol is not None:
         out.append(f"protocol={args.protocol}")
-    for dest, key in _FLAG_KEYS.items():
+    for dest, key in _flag_keys().items():
         value = getattr(args, dest)
         if value is not None:
             out.append(_override(key, value))

@@ -9,27 +9,33 @@ HELP = "Roll out a policy on LIBERO tasks (parallel envs); write results.jsonl, 
 
 DEFAULT_POLICY = "zipmo"  # the ZipMo agent (policy.factory._make_zipmo)
 
-# flag dest -> config key (flags given on the command line become hydra overrides)
+# flag dest -> config key (flags given on the command line become hydra overrides); the run flags and the
+# policy-option flags are shared with `zipmo-robot eval` (cli/eval.py)
+RUN_FLAG_KEYS: dict[str, str] = {
+    k: k for k in ("episodes", "num_envs", "policy", "out", "video", "max_steps", "retries", "assets")
+}
+POLICY_OPTION_FLAGS = ("nfe", "cfg_scale", "precision", "device", "overlay", "demo")
+POLICY_FLAG_KEYS: dict[str, str] = {k: f"policy_options.{k}" for k in POLICY_OPTION_FLAGS}
 _FLAG_KEYS: dict[str, str] = {
     "suite": "suite",
-    "episodes": "episodes",
-    "num_envs": "num_envs",
-    "policy": "policy",
     "seed": "seed",
-    "out": "out",
-    "video": "video",
     "image_size": "image_size",
-    "max_steps": "max_steps",
-    "retries": "retries",
-    "assets": "assets",
+    **RUN_FLAG_KEYS,
     "checkpoint": "policy_options.checkpoint",
-    "nfe": "policy_options.nfe",
-    "cfg_scale": "policy_options.cfg_scale",
-    "precision": "policy_options.precision",
-    "device": "policy_options.device",
-    "overlay": "policy_options.overlay",
-    "demo": "policy_options.demo",
+    **POLICY_FLAG_KEYS,
 }
+
+
+def add_policy_option_arguments(g: Any) -> None:
+    """The `policy_options` flags (`POLICY_OPTION_FLAGS`) on an argument group; defaults: PolicyConfig's."""
+    g.add_argument("--nfe", type=int, help="planner sampling steps")
+    g.add_argument("--cfg-scale", type=float, help="planner guidance scale")
+    g.add_argument("--precision", help="policy numerics, e.g. fp32 (default: the policy's)")
+    g.add_argument("--device", help="torch device for the policy, e.g. cpu or cuda")
+    g.add_argument(
+        "--overlay", action=argparse.BooleanOptionalAction, default=None, help="draw plans on videos"
+    )
+    g.add_argument("--demo", help="demonstration file (--policy replay)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,14 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("policy")
     g.add_argument("--policy", choices=POLICY_NAMES, help=f"policy (default {DEFAULT_POLICY})")
     g.add_argument("--checkpoint", help="policy checkpoint: official:atm, official:tramoe or a file")
-    g.add_argument("--nfe", type=int, help="planner sampling steps")
-    g.add_argument("--cfg-scale", type=float, help="planner guidance scale")
-    g.add_argument("--precision", help="policy numerics, e.g. fp32 (default: the policy's)")
-    g.add_argument("--device", help="torch device for the policy, e.g. cpu or cuda")
-    g.add_argument(
-        "--overlay", action=argparse.BooleanOptionalAction, default=None, help="draw plans on videos"
-    )
-    g.add_argument("--demo", help="demonstration file (--policy replay)")
+    add_policy_option_arguments(g)
 
 
 def _override(key: str, value: Any) -> str:
