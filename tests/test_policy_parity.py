@@ -39,10 +39,12 @@ def _policy_kinds() -> list[str]:
 KINDS = _policy_kinds()
 
 
-pytestmark = [
-    pytest.mark.skipif(not KINDS, reason="no policy-head kinds in the parity manifest"),
-    pytest.mark.usefixtures("one_thread"),
-]
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+
+def test_manifest_has_both_policy_head_kinds():
+    """A missing policy-head kind is a failure, never a silently empty parametrisation."""
+    assert set(KINDS) >= {"policy_head_atm", "policy_head_tramoe"}, KINDS
 
 
 def _agent(kind: str, precision: str):
