@@ -107,9 +107,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                 per_task[folder] = per_task.get(folder, 0) + 1
         jobs = kept
     write_task_index(tasks)
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="demo")
-    results = run_jobs(jobs, args.workers, progress=bar)
-    bar.close()
+    if jobs:
+        bar = tqdm(total=len(jobs), desc="preprocess", unit="demo")
+        results = run_jobs(jobs, args.workers, progress=bar)
+        bar.close()
+    else:  # no bar at all: an empty bar is drawn once at creation and again at close
+        print(f"nothing to preprocess in {args.src}: no demos found")
+        results = []
     counts = {"ok": 0, "skipped": 0, "error": 0}
     for dst, demo, status, _ in results:
         kind = status.split(":")[0]
