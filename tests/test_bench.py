@@ -154,13 +154,16 @@ def test_bench_agent_cli_writes_a_report(tmp_path: Path) -> None:
 
 def test_bench_train_is_registered(tmp_path: Path) -> None:
     """`bench train` (zipmo_robot/training/bench.py) runs through the bench CLI: its flags in --help, and a
-    run without --data/--flops writes the bare report (machine, load averages) to --out and --json."""
+    --flops run (release-size models on meta tensors, ~10 s) writes the same report to --out and --json."""
     result = _cli(["bench", "train", "--help"])
     assert result.returncode == 0, result.stderr
     assert "--flops" in result.stdout and "--peak-tflops" in result.stdout and "--threads" in result.stdout
     out, report_path = tmp_path / "bt", tmp_path / "bt.json"
-    result = _cli(["bench", "train", "--out", str(out), "--json", str(report_path)])
+    result = _cli(["bench", "train", "--flops", "--out", str(out), "--json", str(report_path)])
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert report == json.loads((out / "bench_train.json").read_text())
-    assert "cpu" in json.dumps(report["machine"]).lower() and "throughput" not in report
+    assert report == json.loads((out / "bench_train.json").read_text()) and "throughput" not in report
+    flops = report["release_flops_per_sample"]
+    assert flops["vae"] > 0 and flops["planner"] > 0 and 0 < flops["policy_head"] < flops["planner"]
+    assert flops["policy_online"] == pytest.approx(flops["policy_head"] + flops["policy_plan_10nfe"])
+    assert report["gpu_projection"]["peak_tflops"] == 989.0

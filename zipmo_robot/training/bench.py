@@ -173,7 +173,7 @@ def release_flops(image_encoder: str = "pretrained") -> dict[str, float]:
         out["vae"] = count(vae_step)
         pcfg = sizes.planner_config("libero_atm")
         pcfg = replace(pcfg, dino=dino, vae=replace(pcfg.vae, dino=dino), share_vae_dino=True)
-        planner = build_planner(pcfg)
+        planner = build_planner(pcfg).to(dev)  # its token positions are CPU buffers (nonpersistent_buffers)
         planner.vae.requires_grad_(False)
         E = pcfg.d_cross
         pb = {
