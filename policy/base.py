@@ -69,6 +69,12 @@ class Policy(Protocol):
         written beside the results (config.yaml, summary.json). Default: none."""
         return {}
 
+    @classmethod
+    def supports(cls, suite: str, task_id: int) -> str | None:
+        """Checked on the class before any env is built: None if the policy can act on the task, else the
+        reason it cannot (one line, e.g. "task 3 (...) has no (On|In obj dest) goal"). Default: every task."""
+        return None
+
 
 class ZeroPolicy(Policy):
     """Always the dummy action: arm still, gripper open."""

@@ -15,6 +15,22 @@ from zipmo_robot.policy.base import SIMPLE_POLICIES, Policy
 from zipmo_robot.policy.config import PolicyConfig
 
 POLICY_NAMES: tuple[str, ...] = ("zipmo", "random", "zero", "scripted", "replay")
+# name -> "module:Class" of the policy it builds (imported only when asked, `policy_class`)
+POLICY_CLASSES: dict[str, str] = {
+    "zipmo": "zipmo_robot.policy.agent:RollingReplanner",
+    "random": "zipmo_robot.policy.base:RandomPolicy",
+    "zero": "zipmo_robot.policy.base:ZeroPolicy",
+    "scripted": "zipmo_robot.policy.scripted:ScriptedPolicy",
+    "replay": "zipmo_robot.policy.scripted:ReplayPolicy",
+}
+
+
+def policy_class(name: str) -> type:
+    """The class a built-in policy name builds, for its class-level hooks (`Policy.supports`)."""
+    import importlib
+
+    module, _, attr = POLICY_CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _make_zipmo(options: Mapping[str, Any]) -> Policy:
