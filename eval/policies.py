@@ -1,12 +1,11 @@
 """Which policy serves an evaluation: a built-in name (policy/factory.py) or a user's `module:Class`
-implementing the `Policy` protocol (policy/base.py), and what it supports, checked before any env is built.
+implementing the `Policy` protocol (policy/base.py), and what it supports (`Policy.supports`), checked
+before any env is built.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import re
 from typing import Any
 
 from zipmo_robot.errors import UserError
@@ -67,33 +66,18 @@ def make(name: str, options: dict[str, Any]) -> Any:
     return policy
 
 
-@functools.cache
-def _goal_block(bddl_path: str) -> str:
-    text = open(bddl_path).read()
-    start = text.find("(:goal")
-    return text[start:] if start >= 0 else ""
-
-
-def scripted_supports(suite: str, task_id: int) -> str | None:
-    """None if the scripted pick-and-place expert can act on the task, else the reason: it needs an
-    `(On obj dest)` or `(In obj dest)` goal predicate (data/expert.py `PickPlaceExpert.for_env`)."""
-    from zipmo_robot.envs.suites import get_task
-
-    task = get_task(suite, task_id)
-    if re.search(r"\(\s*(on|in)\s+\S+\s+\S+\s*\)", _goal_block(str(task.bddl_path)), re.IGNORECASE):
-        return None
-    return (
-        f"task {task_id} ({task.language!r}) has no (On|In obj dest) goal: the expert only picks and places"
-    )
-
-
-# policy name -> check(suite, task_id) -> None | reason. Policies not listed here are assumed to act anywhere.
-SUPPORT_CHECKS = {"scripted": scripted_supports}
-
-
 def check_support(name: str, suite_tasks: dict[str, list[int]]) -> None:
-    """Raise one `UserError` line if the policy cannot act on some of the requested tasks."""
-    check = SUPPORT_CHECKS.get(name)
+    """Raise one `UserError` line if the policy cannot act on some of the requested tasks (its class's
+    `supports(suite, task_id)` hook, `Policy` protocol; checked before any env is built)."""
+    from zipmo_robot.policy.factory import POLICY_CLASSES, policy_class
+
+    if is_user_policy(name):
+        cls = _user_class(name)
+    elif name in POLICY_CLASSES:
+        cls = policy_class(name)
+    else:
+        return
+    check = getattr(cls, "supports", None)
     if check is None:
         return
     bad = [(s, t) for s, tasks in suite_tasks.items() for t in tasks if check(s, t) is not None]

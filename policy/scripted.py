@@ -11,6 +11,7 @@ positions with the real ones and counts divergences (`self.divergences`).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ from zipmo_robot.policy.base import ACTION_DIM, Policy, RowInfo
 
 DUMMY_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
 SYNC_TOLERANCE = 1e-6  # max |joint position| difference (rad) between the shadow and the observed env
+
+
+@functools.cache
+def _goal_block(bddl_path: str) -> str:
+    """The `(:goal ...)` part of a task's BDDL file."""
+    text = Path(bddl_path).read_text()
+    start = text.find("(:goal")
+    return text[start:] if start >= 0 else ""
 
 
 class ScriptedPolicy(Policy):
@@ -36,6 +45,19 @@ class ScriptedPolicy(Policy):
         self._experts: dict[int, Any] = {}
         self._joints: dict[int, np.ndarray] = {}  # slot -> the shadow's last observed joint positions (7,)
         self.divergences = 0
+
+    @staticmethod
+    def supports(suite: str, task_id: int) -> str | None:
+        """None if the pick-and-place expert can act on the task, else the reason: it needs an
+        `(On obj dest)` or `(In obj dest)` goal predicate (data/expert.py `PickPlaceExpert.for_env`)."""
+        import re
+
+        from zipmo_robot.envs.suites import get_task
+
+        task = get_task(suite, task_id)
+        if re.search(r"\(\s*(on|in)\s+\S+\s+\S+\s*\)", _goal_block(str(task.bddl_path)), re.IGNORECASE):
+            return None
+        return f"task {task_id} ({task.language!r}) has no (On|In obj dest) goal: the expert only picks and places"
 
     def reset(self, seed: int | None = None) -> None:
         self._experts.clear()
