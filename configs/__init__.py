@@ -18,6 +18,7 @@ SCHEMA_MODULES: tuple[str, ...] = (
     "zipmo_robot.eval.protocols",
     "zipmo_robot.eval.settings",
     "zipmo_robot.training.config",
+    "zipmo_robot.training.recipe",
     "zipmo_robot.policy.config",
 )
 

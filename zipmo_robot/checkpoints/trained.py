@@ -179,6 +179,41 @@ def _fsync_dir(path: Path) -> None:
 # Reading
 
 
+def export(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    half: bool = False,
+    extra: Mapping[str, str | os.PathLike] | None = None,
+) -> Path:
+    """Copy a checkpoint without its trainer state (weights, config, meta: what inference needs), e.g. to ship
+    it as package data; `half` stores the model weights in float16 (the EMA head stays fp32); `extra` maps
+    file names to files copied beside it (an eval summary). Weights are re-hashed in the new meta.json."""
+    meta = read_meta(src)
+    folder = Path(meta["path"])
+    model = read_weights(folder, MODEL)
+    if half:
+        model = {k: v.half() if v.is_floating_point() else v for k, v in model.items()}
+    ema = read_weights(folder, EMA) if (folder / EMA).is_file() else None
+    config = (folder / CONFIG).read_text() if (folder / CONFIG).is_file() else None
+    keep = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("format", "stage", "kind", "created", "torch", "files", "path")
+    }
+    keep["exported_from"] = {
+        "path": str(folder),
+        "files": meta.get("files", {}),
+        "weights_dtype": "float16" if half else "as trained",
+    }
+    out = save(
+        dst, stage=meta["stage"], kind=meta["kind"], model=model, meta=keep, ema=ema, config_yaml=config
+    )
+    for name, file in (extra or {}).items():
+        shutil.copyfile(file, out / name)
+    return out
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """`meta.json` of a checkpoint (folder or run folder), with `path` added; checks the format."""
     folder = resolve_dir(path)

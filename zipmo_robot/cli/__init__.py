@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "eval": "zipmo_robot.cli.eval",
     "report": "zipmo_robot.cli.report",
     "eval-tracks": "zipmo_robot.cli.eval_tracks",
+    "recipe": "zipmo_robot.cli.recipe",
 }
 
 

@@ -72,10 +72,16 @@ class WindowDataset:
         files: preprocessed demo files (e.g. the `train` demos of each task's `task.json`).
         cameras: view order (view 0 = agentview).
         n_tracks: tracks per view and sample (80 = the VAE's 40 encoded + 40 held out).
+        stride: keep window starts 0, stride, 2*stride, ... of each demo (1: every frame); behavioural cloning
+            on a CPU uses 2-4 so the plan cache (one planner sample per start) stays affordable.
     """
 
     def __init__(
-        self, files: list, cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand"), n_tracks: int = 80
+        self,
+        files: list,
+        cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand"),
+        n_tracks: int = 80,
+        stride: int = 1,
     ):
         from zipmo_robot.data.preprocess import load_preprocessed
 
@@ -83,7 +89,7 @@ class WindowDataset:
         self.demos = [load_preprocessed(f) for f in files]
         self.index: list[tuple[int, int]] = []
         for d, demo in enumerate(self.demos):
-            for start in range(demo["actions"].shape[0]):
+            for start in range(0, demo["actions"].shape[0], stride):
                 if all(demo["visible"][c][start].sum() >= n_tracks for c in cameras):
                     self.index.append((d, start))
 

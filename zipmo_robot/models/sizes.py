@@ -16,7 +16,7 @@ from typing import Any
 
 from zipmo_robot.errors import UserError
 
-SIZES: tuple[str, ...] = ("release", "small", "tiny")
+SIZES: tuple[str, ...] = ("release", "small", "cpu", "tiny")
 # The planner variants (open-domain pokes; LIBERO text + two views, Tra-MoE adding the episode step) and the
 # one list of model kinds (the official state-dict layouts, ZIPMO_REFERENCE.md §12) derived from them:
 # kind -> planner variant, for planner files and for policy-head files (which carry their planner).

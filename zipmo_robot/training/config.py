@@ -65,6 +65,7 @@ class DataSchema:
     val_split: str | None = "val"
     max_demos_per_task: int | None = None
     n_tracks: int = 80  # per view and sample: the first half is encoded, all are decoded (VAE)
+    window_stride: int = 1  # window starts every `window_stride` frames of a demo (BC on a CPU: 2-4)
     cameras: list[str] = field(default_factory=lambda: ["agentview", "robot0_eye_in_hand"])
 
 
@@ -208,6 +209,8 @@ def check(cfg: Any) -> None:
         problems.append(
             f"data.n_tracks={cfg.data.n_tracks} must be even and >= 2 (half encoded, half held out)"
         )
+    if cfg.data.window_stride < 1:
+        problems.append(f"data.window_stride={cfg.data.window_stride} must be >= 1")
     if cfg.model is None:
         problems.append("no model size: add model=tiny|small|release")
     if problems:

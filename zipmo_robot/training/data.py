@@ -140,6 +140,7 @@ class TrainData:
     Args:
         refs: the demos; cameras / n_tracks: as `WindowDataset`.
         text: a `TextTable` (None: no task embeddings, e.g. the VAE stage).
+        stride: window starts every `stride` frames (`data.window_stride`).
         extras: `(rng, sample) -> dict of arrays`: a stage's per-sample random numbers.
     """
 
@@ -150,11 +151,12 @@ class TrainData:
         n_tracks: int,
         text: TextTable | None = None,
         extras: Callable[[np.random.Generator, dict], dict[str, np.ndarray]] | None = None,
+        stride: int = 1,
     ) -> None:
         from zipmo_robot.data.windows import WindowDataset
 
         self.refs = list(refs)
-        self.windows = WindowDataset([str(r.path) for r in self.refs], tuple(cameras), n_tracks)
+        self.windows = WindowDataset([str(r.path) for r in self.refs], tuple(cameras), n_tracks, stride)
         if len(self.windows) == 0:
             raise UserError(
                 f"no training windows: no frame of the {len(self.refs)} demos has {n_tracks} visible tracks "

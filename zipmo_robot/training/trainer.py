@@ -239,11 +239,25 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
         refs = find_demos(
             cfg.data.root, list(cfg.data.suites), cfg.data.split, cfg.data.tasks, cfg.data.max_demos_per_task
         )
-        data = TrainData(refs, list(cfg.data.cameras), int(cfg.data.n_tracks), stage.text, stage.extras)
+        data = TrainData(
+            refs,
+            list(cfg.data.cameras),
+            int(cfg.data.n_tracks),
+            stage.text,
+            stage.extras,
+            cfg.data.window_stride,
+        )
         val = None
         if cfg.val_every and cfg.data.val_split:
             vrefs = find_demos(cfg.data.root, list(cfg.data.suites), cfg.data.val_split, cfg.data.tasks)
-            val = TrainData(vrefs, list(cfg.data.cameras), int(cfg.data.n_tracks), stage.text, stage.extras)
+            val = TrainData(
+                vrefs,
+                list(cfg.data.cameras),
+                int(cfg.data.n_tracks),
+                stage.text,
+                stage.extras,
+                cfg.data.window_stride,
+            )
         log(
             f"{cfg.stage}: {len(refs)} demos, {len(data)} windows, global batch {cfg.batch_size} over "
             f"{dist.world} process(es) on {device}; text encoder {stage.text.choice if stage.text else '-'}"

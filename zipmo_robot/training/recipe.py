@@ -1,0 +1,243 @@
+"""One documented training recipe (`configs/recipe/<name>.yaml`): collect -> VAE -> planner -> policy -> eval.
+
+Each stage is the ordinary command (`zipmo-robot collect|train|eval`) run as a subprocess, so a recipe is
+exactly what a user would type; a stage whose checkpoint already reached its steps is skipped and a partial
+one resumes (`--resume`), so rerunning the recipe after a kill continues where it stopped. Wall time per stage
+goes to `<out>/recipe.jsonl` (appended as stages end) and the resolved recipe to `<out>/recipe.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from zipmo_robot.errors import UserError
+
+STAGES: tuple[str, ...] = ("collect", "vae", "planner", "policy", "eval")
+TRAIN_STAGES: tuple[str, ...] = ("vae", "planner", "policy")
+
+
+@dataclass
+class RecipeDataSchema:
+    """Where demos go (`collect --out raw --pre pre`) and how many per task; `tasks`: null = every task."""
+
+    raw: str = "data"
+    pre: str = "data/libero_spatial_pre"
+    demos_per_task: int = 50
+    tasks: list[int] | None = None
+    collect: bool = True  # false: use the demos already in `pre`
+
+
+@dataclass
+class RecipeStageSchema:
+    """One training stage: its optimiser steps and hydra overrides of `configs/train/<stage>.yaml`."""
+
+    steps: int = 1000
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecipeEvalSchema:
+    """`zipmo-robot eval` of the trained policy; `flags`: extra eval flags, e.g. [--max-steps, '60']."""
+
+    protocol: str = "atm"
+    tasks: list[int] | None = None
+    episodes: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_envs: int = 2
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecipeSchema:
+    """A whole recipe (see `configs/recipe/libero_spatial_cpu.yaml`)."""
+
+    name: str = MISSING
+    suite: str = "libero_spatial"
+    data: RecipeDataSchema = field(default_factory=RecipeDataSchema)
+    nproc: int = 1  # DDP processes per training stage (torchrun when > 1)
+    threads: int | None = None
+    common: list[str] = field(default_factory=list)  # overrides of every training stage
+    extra: list[str] = field(default_factory=list)  # more of them, from the command line (after `common`)
+    vae: RecipeStageSchema = field(default_factory=RecipeStageSchema)
+    planner: RecipeStageSchema = field(default_factory=RecipeStageSchema)
+    policy: RecipeStageSchema = field(default_factory=RecipeStageSchema)
+    eval: RecipeEvalSchema = field(default_factory=RecipeEvalSchema)
+
+
+def register_schemas(cs: Any) -> None:
+    cs.store(name="recipe_schema", node=RecipeSchema)
+
+
+def compose_recipe(name: str, overrides: list[str] | None = None) -> Any:
+    """Compose `configs/recipe/<name>.yaml` with hydra overrides (e.g. `vae.steps=5 data.tasks=[0]`)."""
+    from importlib import resources
+
+    from zipmo_robot.configs import compose
+
+    known = sorted(
+        p.name[:-5]
+        for p in resources.files("zipmo_robot.configs").joinpath("recipe").iterdir()
+        if p.name.endswith(".yaml")
+    )
+    if name not in known:
+        raise UserError(f"unknown recipe {name!r}; recipes: {', '.join(known)} (configs/recipe/)")
+    cfg = compose(f"recipe/{name}", list(overrides or []))
+    if cfg.nproc < 1:
+        raise UserError(f"nproc={cfg.nproc} must be >= 1")
+    return cfg
+
+
+def _ids(ids: Any) -> str:
+    return ",".join(str(int(i)) for i in ids)
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the checkpoint in a training run folder, or None when it has none yet."""
+    meta = run_dir / "checkpoint" / "meta.json"
+    if not meta.is_file():
+        return None
+    try:
+        return int(json.loads(meta.read_text())["step"])
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"{meta} is unreadable ({exc}); delete {run_dir} to retrain that stage") from exc
+
+
+def stage_command(cfg: Any, stage: str, out: Path, python: str = sys.executable) -> list[str] | None:
+    """The command line of one stage, or None when there is nothing left to do (a finished training stage
+    or collection switched off)."""
+    pre = str(Path(cfg.data.pre))
+    zr = [python, "-m", "zipmo_robot"]
+    if stage == "collect":
+        if not cfg.data.collect:
+            return None
+        cmd = [
+            *zr,
+            "collect",
+            "--suite",
+            cfg.suite,
+            "--demos-per-task",
+            str(cfg.data.demos_per_task),
+            "--out",
+            str(cfg.data.raw),
+            "--pre",
+            pre,
+        ]
+        if cfg.data.tasks is not None:
+            cmd += ["--tasks", _ids(cfg.data.tasks)]
+        return cmd
+    if stage in TRAIN_STAGES:
+        sc = cfg[stage]
+        run = out / stage
+        step = checkpoint_step(run)
+        if step is not None and step >= sc.steps:
+            return None
+        launch = (
+            zr
+            if cfg.nproc == 1
+            else [
+                python,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={cfg.nproc}",
+                "-m",
+                "zipmo_robot",
+            ]
+        )
+        cmd = [*launch, "train", stage, "--data", pre, "--out", str(run), "--steps", str(sc.steps)]
+        if step is not None:
+            cmd.append("--resume")
+        if cfg.threads is not None:
+            cmd += ["--threads", str(cfg.threads)]
+        if stage == "planner":
+            cmd += ["--vae", str(out / "vae")]
+        if stage == "policy":
+            cmd += ["--planner", str(out / "planner")]
+        suites = [f"data.suites=[{cfg.suite}]"]
+        tasks = [] if cfg.data.tasks is None else [f"data.tasks=[{_ids(cfg.data.tasks)}]"]
+        return [*cmd, *cfg.common, *suites, *tasks, *sc.overrides, *cfg.extra]
+    if stage == "eval":
+        ec = cfg.eval
+        cmd = [
+            *zr,
+            "eval",
+            "--protocol",
+            ec.protocol,
+            "--suites",
+            cfg.suite,
+            "--checkpoint",
+            str(out / "policy"),
+            "--seeds",
+            _ids(ec.seeds),
+            "--num-envs",
+            str(ec.num_envs),
+            "--out",
+            str(out / "eval"),
+            "--resume",
+        ]
+        tasks = ec.tasks if ec.tasks is not None else cfg.data.tasks
+        if tasks is not None:
+            cmd += ["--tasks", _ids(tasks)]
+        if ec.episodes is not None:
+            cmd += ["--episodes", str(ec.episodes)]
+        return [*cmd, *ec.flags]
+    raise UserError(f"unknown recipe stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def run_recipe(
+    cfg: Any,
+    out: str | Path,
+    stages: list[str] | None = None,
+    echo: Callable[[str], None] = print,
+    dry_run: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the recipe's stages in order (all by default); returns one record per stage run or skipped."""
+    from zipmo_robot.configs import save_resolved
+
+    out = Path(out)
+    chosen = list(stages or STAGES)
+    bad = [s for s in chosen if s not in STAGES]
+    if bad:
+        raise UserError(f"unknown recipe stage(s) {bad}; stages: {', '.join(STAGES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out, "recipe.yaml")
+    records = []
+    for stage in [s for s in STAGES if s in chosen]:
+        cmd = stage_command(cfg, stage, out)
+        if cmd is None:
+            off = stage == "collect" and not cfg.data.collect
+            echo(f"[recipe] {stage}: " + ("off (data.collect=false)" if off else "done already, skipped"))
+            records.append({"stage": stage, "skipped": True})
+            continue
+        echo(f"[recipe] {stage}: {shlex.join(cmd)}")
+        if dry_run:
+            records.append({"stage": stage, "cmd": cmd, "dry_run": True})
+            continue
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd)
+        rec = {
+            "stage": stage,
+            "cmd": cmd,
+            "returncode": code,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with open(out / "recipe.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        records.append(rec)
+        if code != 0:
+            raise UserError(
+                f"recipe stage {stage} failed (exit {code}); its output is above. Fix the cause and rerun the "
+                "same command: finished stages are skipped and this one resumes"
+            )
+    return records
