@@ -58,6 +58,7 @@ class _Row:
     step: int = 0  # act() calls since the episode started (the Tra-MoE episode-step token)
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     last_tracks: np.ndarray | None = None  # (V, N, T, 2) yx of the latest plan, when overlays are on
+    chunk: np.ndarray | None = None  # (T, A) the latest chunk, run open loop when replan_every > 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class RollingReplanner(Policy):
         planner: a LIBERO `MotionPlanner` (its weights are the released head file's `track_predictor.*`).
         head: the `InverseDynamicsHead`.
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
-        nfe, cfg_scale, precision, ensemble_mode: as `PolicyConfig` (policy/config.py), which holds the
+        nfe, cfg_scale, precision, ensemble_mode, replan_every: as `PolicyConfig` (policy/config.py), which holds the
             defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
         overlay: decode each plan at a grid of points (one VAE decode per step, `overlay_spec`) and draw
             the tracks on the video frames.
@@ -124,12 +125,18 @@ class RollingReplanner(Policy):
         cfg_scale: float = PolicyConfig.cfg_scale,
         precision: str = PolicyConfig.precision,
         ensemble_mode: str = PolicyConfig.ensemble,
+        replan_every: int = PolicyConfig.replan_every,
         overlay: bool = False,
         overlay_spec: OverlaySpec = OverlaySpec(),
         options: dict[str, Any] | None = None,
     ) -> None:
         self.config = PolicyConfig(  # validated once, here
-            nfe=nfe, cfg_scale=float(cfg_scale), precision=precision, ensemble=ensemble_mode, overlay=overlay
+            nfe=nfe,
+            cfg_scale=float(cfg_scale),
+            precision=precision,
+            ensemble=ensemble_mode,
+            replan_every=replan_every,
+            overlay=overlay,
         )
         self.planner, self.head, self.task_embedder = planner.eval(), head.eval(), task_embedder
         self.overlay_spec = overlay_spec
@@ -179,7 +186,13 @@ class RollingReplanner(Policy):
     def resolved_options(self) -> dict[str, Any]:
         """The build options and the settings this agent runs with (for config.yaml / summary.json)."""
         c = self.config
-        own = {"nfe": c.nfe, "cfg_scale": c.cfg_scale, "precision": c.precision, "ensemble": c.ensemble}
+        own = {
+            "nfe": c.nfe,
+            "cfg_scale": c.cfg_scale,
+            "precision": c.precision,
+            "ensemble": c.ensemble,
+            "replan_every": c.replan_every,
+        }
         return {**self.options, **own, "overlay": bool(c.overlay), "device": str(self.device)}
 
     # -- the Policy interface --------------------------------------------------------------------------
@@ -211,8 +224,32 @@ class RollingReplanner(Policy):
                     f"{self._rows[r.slot].step}; every act() call of an episode must include its row"
                 )
         pre = time.perf_counter() - t0
-        out = self.step(images, proprio, slots, _pre_seconds=pre)
-        return out.actions.cpu().numpy().astype(np.float32)
+        k = self.config.replan_every
+        if k == 1:
+            out = self.step(images, proprio, slots, _pre_seconds=pre)
+            return out.actions.cpu().numpy().astype(np.float32)
+        return self._act_open_loop(images, proprio, slots, k, pre)
+
+    def _act_open_loop(
+        self, images: np.ndarray, proprio: np.ndarray, slots: list[int], k: int, pre: float
+    ) -> np.ndarray:
+        """`replan_every = k > 1`: rows at an episode step divisible by k plan (one batched `step`) and take
+        action 0 of the new chunk; the others take action `step % k` of their last chunk."""
+        due = [i for i, s in enumerate(slots) if self._rows[s].step % k == 0]
+        actions = np.zeros((len(slots), self.head.config.action_dim), np.float32)
+        if due:
+            out = self.step(images[due], proprio[due], [slots[i] for i in due], _pre_seconds=pre)
+            chunks = out.chunks.cpu().numpy().astype(np.float32)
+            for j, i in enumerate(due):
+                self._rows[slots[i]].chunk = chunks[j]
+                actions[i] = chunks[j, 0]
+        for i, s in enumerate(slots):
+            if i in due:
+                continue
+            row = self._rows[s]
+            actions[i] = row.chunk[row.step % k]
+            row.step += 1
+        return actions
 
     # -- one batched step on tensors -------------------------------------------------------------------
     @torch.inference_mode()

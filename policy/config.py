@@ -32,6 +32,9 @@ class PolicyConfig:
         device: "cpu" | "cuda" | "cuda:N"; None = cuda when available.
         overlay: draw the plan on the videos (one VAE decode per step); None = on with a GPU.
         ensemble: temporal ensembling, "official" | "textbook" (`policy/ensembling.py`).
+        replan_every: plan every k-th control step and run the chunk open loop in between (actions
+            0..k-1 of the head's chunk, no ensembling); 1 (released) replans every step with ensembling. A
+            CPU knob: the planner is ~98 % of a step, so k = 4 cuts policy time ~4x.
         text_embedding: "auto" | "bert" | "sentence_code" (offline per-sentence code, `models/text.py`).
         dino_heads: DINO head count of a non-release-size file (not visible in its shapes).
         model: a size name of `configs/model/` (release | small | tiny) giving `dino_heads`.
@@ -45,6 +48,7 @@ class PolicyConfig:
     device: str | None = None
     overlay: bool | None = None
     ensemble: str = "official"
+    replan_every: int = 1
     text_embedding: str = "auto"
     dino_heads: int | None = None
     model: str | None = None
@@ -65,6 +69,10 @@ class PolicyConfig:
             sampling_autocast(self.precision, "cpu")
         except ValueError as exc:
             raise UserError(f"--precision: {exc}") from None
+        if not 1 <= self.replan_every <= 16:
+            raise UserError(
+                f"replan_every={self.replan_every} must be in 1..16 (the head predicts 16-action chunks)"
+            )
         if self.ensemble not in ENSEMBLE_MODES:
             raise UserError(f"ensemble={self.ensemble!r} is not one of {', '.join(ENSEMBLE_MODES)}")
         if self.text_embedding not in text_embeddings:

@@ -99,6 +99,7 @@ def _make_zipmo(options: Mapping[str, Any]) -> Policy:
         cfg_scale=cfg.cfg_scale,
         precision=cfg.precision,
         ensemble_mode=cfg.ensemble,
+        replan_every=cfg.replan_every,
         overlay=resolved["overlay"],
         options={**resolved, "checkpoint_path": bundle.path, "kind": bundle.kind},
     )

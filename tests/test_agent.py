@@ -17,6 +17,8 @@ import pytest
 import torch
 from zipmo_robot.policy.base import RowInfo
 
+from zipmo_robot.errors import UserError
+
 TRAMOE = next(
     (k for k in parity.kinds() if "PolicyHeadTraMoE" in parity.kind_info(k).get("official_class", "")), None
 )
@@ -244,3 +246,31 @@ def test_a_planner_file_is_refused_as_a_policy(tmp_path) -> None:
     save_file(dict(parity.weights(planner_kind)), str(path))
     with pytest.raises(UserError, match="not a policy head"):
         make_policy("zipmo", {"checkpoint": str(path), "dino_heads": 2, "device": "cpu"})
+
+
+def test_replan_every_runs_each_chunk_open_loop_between_plans(models) -> None:
+    """replan_every=3: a row plans at its episode steps 0, 3, 6 (noise drawn only then) and takes actions
+    0, 1, 2 of that plan's chunk; a row that joins later keeps its own phase."""
+    agent = _agent(models, precision="fp32", replan_every=3)
+    taken: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    chunks: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for step in range(7):
+        rows = [_row(0, step, seed=5, task=0)] + ([_row(1, step - 2, seed=6, task=1)] if step >= 2 else [])
+        a = agent.act(_obs(len(rows), step), rows)
+        for i, r in enumerate(rows):
+            taken[r.slot].append(a[i])
+            if r.step % 3 == 0:
+                chunks[r.slot].append(agent._rows[r.slot].chunk.copy())
+    for slot, n in ((0, 7), (1, 5)):
+        assert len(taken[slot]) == n and len(chunks[slot]) == (n + 2) // 3
+        for s, act in enumerate(taken[slot]):
+            np.testing.assert_array_equal(act, chunks[slot][s // 3][s % 3])
+    assert not np.array_equal(chunks[0][0], chunks[0][1])  # a new plan from the new frame
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):  # row 0 planned 3 times: one noise draw (+ the dummy draw) each
+        torch.randn((1, *agent.latent_shape), generator=g)
+        torch.randn((1, 1, 5), generator=g)
+    assert torch.equal(agent._rows[0].generator.get_state(), g.get_state())
+    assert agent.resolved_options()["replan_every"] == 3
+    with pytest.raises(UserError, match="replan_every"):
+        _agent(models, replan_every=17)

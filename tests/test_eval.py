@@ -5,13 +5,12 @@ one-rank table, a worker crash is reported apart, and the scripted expert reache
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from killing import kill_after_first_record  # tests/killing.py
 from zipmo_robot.eval import reports, tables
 
 pytestmark = pytest.mark.libero
@@ -75,26 +74,8 @@ def test_always_failing_policy_scores_zero_with_stamped_records(reference: Path)
 def test_killed_run_resumes_to_the_uninterrupted_table(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = [*CELLS, "--policy", "zero", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zipmo_robot", "eval", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        start_new_session=True,
-    )
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if results.exists() and results.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.1)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_after_first_record(["eval", *args], results, _env())
     first = reports.read_results(results)
     assert 1 <= len(first) < 4, "the run should have been killed part-way"
     again = _eval(*args)

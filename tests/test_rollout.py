@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from killing import kill_after_first_record  # tests/killing.py
 from zipmo_robot.eval import reports
 
 
@@ -98,26 +97,8 @@ def test_killed_run_resumes_without_redoing_finished_episodes(tmp_path: Path) ->
     out = tmp_path / "killed"
     args = ["--tasks", "1", "--episodes", "3", "--num-envs", "1", "--max-steps", "6", "--no-video"]
     args += ["--policy", "zero", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zipmo_robot", "rollout", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        start_new_session=True,
-    )
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if results.exists() and results.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.2)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker, as a crash would
-        except ProcessLookupError:  # it ended on its own (the assertions below say how)
-            pass
-        proc.wait()
+    kill_after_first_record(["rollout", *args], results, _env())
     first = reports.read_results(results)
     assert 1 <= len(first) < 3, "the run should have been killed part-way"
     with open(results, "a") as f:
