@@ -94,9 +94,13 @@ def orient_image(image: np.ndarray, orientation: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square uint8 frame (H, W, 3) to (size, size, 3) with PIL bilinear (antialiased when
-    shrinking); a no-op when the size already matches."""
+def resize_image(image: np.ndarray, size: int, method: str = "pil_bilinear") -> np.ndarray:
+    """Resize a square uint8 frame (H, W, 3) to (size, size, 3): "pil_bilinear" (antialiased when shrinking;
+    a no-op when the size already matches) or "openvla" (OpenVLA's JPEG round trip + lanczos3, always)."""
+    if method == "openvla":
+        from zipmo_robot.envs.openvla_resize import openvla_resize
+
+        return openvla_resize(image, size)
     if image.shape[0] == size and image.shape[1] == size:
         return image
     from PIL import Image
@@ -556,7 +560,9 @@ class LiberoEnv(gym.Env):
         if self.cfg.render:
             for camera in self.cfg.cameras:
                 image = orient_image(raw_obs[f"{camera}_image"], self.cfg.orientation)
-                obs[f"{camera}_image"] = resize_image(image, self.policy_image_size)
+                obs[f"{camera}_image"] = resize_image(
+                    image, self.policy_image_size, self.cfg.policy_image_resize
+                )
         for key, raw_key in PROPRIO_KEYS.items():
             obs[key] = np.array(raw_obs[raw_key], dtype=np.float64)
         obs["episode_step"] = np.array(self._step, dtype=np.int64)

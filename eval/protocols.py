@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zipmo_robot.envs.spec import ORIENTATIONS, SUITES, EnvConfig
+from zipmo_robot.envs.spec import IMAGE_RESIZES, ORIENTATIONS, SUITES, EnvConfig
 
 INIT_RULES: tuple[str, ...] = ("zipmo_random", "atm_blocks", "sequential")
 ENV_SEED_RULES: tuple[str, ...] = ("zipmo_workers", "fixed", "task_episode", "seed_plus_episode")
@@ -41,6 +41,8 @@ class ProtocolConfig:
         suites: suites evaluated when the user does not choose (`--suites`).
         image_size: render size (square) of both cameras.
         policy_image_size: size the images are resized to for the policy (None: the render size).
+        policy_image_resize: "pil_bilinear" or "openvla" (JPEG round trip + lanczos3, OpenVLA's
+            `resize_image_for_policy`; applied even when the sizes match).
         orientation: "flip_vertical" (ATM/Tra-MoE/ZipMo), "rotate_180" (OpenVLA family, LeRobot) or "raw".
         settle_steps: dummy steps after `set_init_state`, inside reset, no policy query.
         settle_action: the action of those steps (arm still, gripper open).
@@ -64,6 +66,7 @@ class ProtocolConfig:
     suites: list[str] = field(default_factory=lambda: list(SUITES))
     image_size: int = 128
     policy_image_size: int | None = None
+    policy_image_resize: str = "pil_bilinear"
     orientation: str = "flip_vertical"
     settle_steps: int = 5
     settle_action: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
@@ -84,6 +87,7 @@ class ProtocolConfig:
         for attr, valid in (
             ("init_rule", INIT_RULES),
             ("orientation", ORIENTATIONS),
+            ("policy_image_resize", IMAGE_RESIZES),
             ("env_seed_rule", ENV_SEED_RULES),
             ("heads", HEADS),
         ):
@@ -115,6 +119,7 @@ class ProtocolConfig:
             task_id=task_id,
             image_size=self.image_size,
             policy_image_size=self.policy_image_size,
+            policy_image_resize=self.policy_image_resize,
             orientation=self.orientation,
             settle_steps=self.settle_steps,
             settle_action=tuple(self.settle_action),

@@ -34,6 +34,9 @@ DOCUMENTED = {
         10, 360, None, "rotate_180", 10, 1000, set(ALL) - {"libero_90"},
     ),
 }  # fmt: skip
+# render -> policy resize: OpenVLA / OpenVLA-OFT's JPEG encode -> decode, tf.image.resize lanczos3 with antialias,
+# round + clip (`resize_image_for_policy`, §4); the presets without a policy size never resize.
+RESIZE = {"literature": "openvla"}
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
@@ -43,12 +46,14 @@ def test_preset_knobs_are_the_documented_ones(name: str) -> None:
     assert p.max_steps == caps
     assert (p.settle_steps, p.settle_action) == (settle, DUMMY)
     assert (p.image_size, p.policy_image_size, p.orientation) == (render, policy_px, orientation)
+    assert p.policy_image_resize == RESIZE.get(name, "pil_bilinear")
     assert (p.episodes_per_task, p.seed, set(p.suites)) == (episodes, seed, suites)
     for suite in ALL:  # the env config of each task carries the knobs
         env = p.env_config(suite, 3)
         assert (env.max_steps, env.settle_steps, env.orientation, env.image_size) == (
             caps[suite], settle, orientation, render,
         )  # fmt: skip
+        assert (env.policy_image_size, env.policy_image_resize) == (policy_px, p.policy_image_resize)
     # hydra composition (the CLI's path) gives the same preset as the file
     assert protocol_from_dict(compose("eval", [f"protocol={name}"]).protocol) == p
     assert p.label() == name and p.changed_knobs() == {}
@@ -100,6 +105,8 @@ def test_a_changed_knob_relabels_the_run_but_a_selection_does_not() -> None:
     assert p.knob_hash() != load_preset("atm").knob_hash()
     cfg = compose_command("eval", ["protocol.max_steps.libero_10=50"], ["protocol=literature"])
     assert protocol_from_dict(cfg.protocol).changed_knobs() == {"max_steps.libero_10": 50}
+    cfg = compose_command("eval", ["protocol.policy_image_resize=pil_bilinear"], ["protocol=literature"])
+    assert protocol_from_dict(cfg.protocol).label() == "literature+overrides"  # the resize is a knob
     cfg = compose_command("eval", [], ["protocol=atm", "suites=[libero_goal]", "episodes=3", "seeds=[4]"])
     assert protocol_from_dict(cfg.protocol).label() == "atm"
 
@@ -124,6 +131,8 @@ def test_unknown_keys_are_refused_in_the_users_words(words: list[str], expected:
 def test_schema_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="orientation"):
         protocol_from_dict({"name": "x", "orientation": "sideways"})
+    with pytest.raises(ValueError, match="policy_image_resize"):
+        protocol_from_dict({"name": "x", "policy_image_resize": "bicubic"})
     with pytest.raises(ValueError, match="max_steps has no cap"):
         protocol_from_dict({"name": "x", "max_steps": {"libero_10": 5}})
     with pytest.raises(ValueError, match="unknown protocol field"):
