@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "report": "zipmo_robot.cli.report",
     "eval-tracks": "zipmo_robot.cli.eval_tracks",
     "recipe": "zipmo_robot.cli.recipe",
+    "validate": "zipmo_robot.cli.validate",
 }
 
 

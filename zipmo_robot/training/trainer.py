@@ -205,9 +205,6 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
 
     from zipmo_robot.checkpoints import trained
     from zipmo_robot.configs import to_yaml
-    from zipmo_robot.models.sizes import model_sizes
-    from zipmo_robot.training.data import TrainData, find_demos
-    from zipmo_robot.training.stages import STAGE_CLASSES
 
     out = Path(out).expanduser()
     dist = Dist()
@@ -228,36 +225,13 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
             )
         if cfg.data.root is None:
             raise UserError("no training data: pass --data DIR (the `zipmo-robot preprocess --dst` folder)")
-        sizes = model_sizes(cfg.model)
         log = print if dist.main else (lambda *a, **k: None)
-
-        # the model's initial weights are the same on every process (DDP also broadcasts rank 0's)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.seed))
-            stage = STAGE_CLASSES[cfg.stage](cfg, sizes, device, log)
-
-        refs = find_demos(
-            cfg.data.root, list(cfg.data.suites), cfg.data.split, cfg.data.tasks, cfg.data.max_demos_per_task
-        )
-        data = TrainData(
-            refs,
-            list(cfg.data.cameras),
-            int(cfg.data.n_tracks),
-            stage.text,
-            stage.extras,
-            cfg.data.window_stride,
-        )
+        stage, sizes = build_stage(cfg, device, log)
+        data = stage_data(cfg, stage, cfg.data.split, cfg.data.max_demos_per_task)
+        refs = data.refs
         val = None
         if cfg.val_every and cfg.data.val_split:
-            vrefs = find_demos(cfg.data.root, list(cfg.data.suites), cfg.data.val_split, cfg.data.tasks)
-            val = TrainData(
-                vrefs,
-                list(cfg.data.cameras),
-                int(cfg.data.n_tracks),
-                stage.text,
-                stage.extras,
-                cfg.data.window_stride,
-            )
+            val = stage_data(cfg, stage, cfg.data.val_split)
         log(
             f"{cfg.stage}: {len(refs)} demos, {len(data)} windows, global batch {cfg.batch_size} over "
             f"{dist.world} process(es) on {device}; text encoder {stage.text.choice if stage.text else '-'}"
@@ -410,7 +384,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
                 last = record
                 bar.set_postfix(loss=f"{values['train/loss']:.4g}", sps=f"{rate:.1f}")
             if val is not None and (done % int(cfg.val_every) == 0 or done == end):
-                logger.log(done, _validate(cfg, stage, val, dist, device, autocast))
+                logger.log(done, validate(cfg, stage, val, dist, device, autocast))
             if done % int(cfg.save_every) == 0 or done == end:
                 save(done)
             if cfg.stage == "policy" and cfg.eval.every and (done % int(cfg.eval.every) == 0 or done == end):
@@ -439,13 +413,42 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
         dist.close()
 
 
-def _validate(cfg: Any, stage: Any, val: Any, dist: Dist, device: torch.device, autocast: Any) -> dict:
-    """Mean validation metrics over `val_batches` fixed batches (seed 12345) of the val split."""
+def build_stage(cfg: Any, device: torch.device, log: Any = print) -> tuple[Any, Any]:
+    """(stage, model sizes) of a composed training config; the initial weights come from `cfg.seed` without
+    touching the global RNG stream (the same on every process; DDP also broadcasts rank 0's)."""
+    from zipmo_robot.models.sizes import model_sizes
+    from zipmo_robot.training.stages import STAGE_CLASSES
+
+    sizes = model_sizes(cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        stage = STAGE_CLASSES[cfg.stage](cfg, sizes, device, log)
+    return stage, sizes
+
+
+def stage_data(cfg: Any, stage: Any, split: str, max_per_task: int | None = None) -> Any:
+    """The `TrainData` of one split (`data.split`, `data.val_split`, ...) of `cfg.data` for `stage`."""
+    from zipmo_robot.training.data import TrainData, find_demos
+
+    d = cfg.data
+    refs = find_demos(d.root, list(d.suites), split, d.tasks, max_per_task)
+    return TrainData(refs, list(d.cameras), int(d.n_tracks), stage.text, stage.extras, d.window_stride)
+
+
+VAL_SEED = 12345  # the fixed batches of validation: the same samples and random numbers at every step
+
+
+def validate(
+    cfg: Any, stage: Any, val: Any, dist: Dist, device: torch.device, autocast: Any, progress: bool = False
+) -> dict:
+    """Mean validation metrics over `val_batches` fixed batches (seed `VAL_SEED`) of the val split."""
+    from tqdm import tqdm
+
     sums: dict[str, float] = {}
     n = int(cfg.val_batches)
     stage.trainable.eval()
-    for b in range(n):
-        batch = stage.prepare(val.batch(12345, b, int(cfg.batch_size), dist.rank, dist.world))
+    for b in tqdm(range(n), desc="validate", unit="batch", disable=not progress, dynamic_ncols=True):
+        batch = stage.prepare(val.batch(VAL_SEED, b, int(cfg.batch_size), dist.rank, dist.world))
         with autocast:
             m = stage.validate(batch)
         for k, v in m.items():
