@@ -33,6 +33,10 @@ def policy_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+# PolicyConfig knobs a checkpoint's meta.json may recommend (`agent_defaults`)
+AGENT_DEFAULT_KEYS: tuple[str, ...] = ("nfe", "replan_every", "cfg_scale", "ensemble")
+
+
 def _make_zipmo(options: Mapping[str, Any]) -> Policy:
     """ZipMo agent from any policy checkpoint `checkpoints.loader.load_policy` reads (released head file,
     trained folder, bundled:NAME), with the knobs of `PolicyConfig`."""
@@ -54,6 +58,12 @@ def _make_zipmo(options: Mapping[str, Any]) -> Policy:
         dino_heads = load_sizes(cfg.model).dino.num_heads
 
     bundle = load_policy(cfg.checkpoint, device, suite=suite, dino_heads=dino_heads)
+    # a trained checkpoint may say how its agent should run (meta.json "agent_defaults", e.g. the bundled CPU
+    # policy: nfe 5, replan_every 4); options the user gave explicitly win
+    recommended = {k: v for k, v in dict((bundle.meta or {}).get("agent_defaults") or {}).items()
+                   if k not in options and k in AGENT_DEFAULT_KEYS}  # fmt: skip
+    if recommended:
+        cfg = PolicyConfig.from_options({**options, **recommended})
     nfe_mismatch_warning(bundle, cfg.nfe)
     text_dim = bundle.planner.cfg.d_cross
     mode = "sentence_code" if cfg.text_embedding == "hash" else cfg.text_embedding

@@ -76,3 +76,38 @@ def test_unknown_recipe_and_stage_are_clear_errors(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "zipmo_robot", "recipe", "libero_spatial_cpu", "--out",
                           str(tmp_path), "--stages", "vae,bake"], env=ENV, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "unknown recipe stage(s) ['bake']" in bad.stderr
+
+
+def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
+    """`trained.export` (how the bundled checkpoint is made) drops the trainer state, can store fp16 weights,
+    and its `agent_defaults` set the agent's knobs unless the user gives them; the fp16 copy acts like the
+    original up to fp16 rounding. Uses a tiny policy trained here by the CLI (1 demo, 2 steps per stage)."""
+    import numpy as np
+    from zipmo_robot.policy.base import RowInfo
+    from zipmo_robot.policy.factory import make_policy
+
+    from zipmo_robot.checkpoints import trained
+
+    out, data = tmp_path / "run", tmp_path / "data"
+    proc = _recipe(out, data, "vae.steps=2", "planner.steps=2", "policy.steps=2", "--stages",
+                   "collect,vae,planner,policy")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    dst = trained.export(out / "policy", tmp_path / "bundle", half=True, extra={"notes.txt": out / "recipe.yaml"},
+                         agent_defaults={"nfe": 3, "replan_every": 2})  # fmt: skip
+    assert sorted(p.name for p in dst.iterdir()) == sorted(
+        [trained.META, trained.MODEL, trained.EMA, trained.CONFIG, "notes.txt"]
+    )
+    assert trained.read_meta(dst)["agent_defaults"] == {"nfe": 3, "replan_every": 2}
+    agent = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32"})
+    assert agent.resolved_options()["nfe"] == 3 and agent.resolved_options()["replan_every"] == 2
+    mine = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32", "nfe": 4})
+    assert mine.resolved_options()["nfe"] == 4 and mine.resolved_options()["replan_every"] == 2
+    orig = make_policy("zipmo", {"checkpoint": str(out / "policy"), "device": "cpu", "precision": "fp32",
+                                 "nfe": 3, "replan_every": 2})  # fmt: skip
+    rng = np.random.default_rng(0)
+    obs = {"agentview_image": rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8),
+           "robot0_eye_in_hand_image": rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8),
+           "joint_states": rng.normal(size=(1, 7)), "gripper_states": rng.normal(size=(1, 2))}  # fmt: skip
+    row = [RowInfo(0, "libero_spatial", 0, "pick up the black bowl", 0, 0, 7, 0, env_seed=0)]
+    a, b = agent.act(obs, row), orig.act(obs, row)
+    assert np.isfinite(a).all() and np.abs(a - b).max() < 0.05 * (np.abs(b).max() + 1e-3)

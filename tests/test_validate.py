@@ -132,3 +132,20 @@ def test_bad_input_exits_2_with_the_fix(data, runs, tmp_path, capsys):
         main(["validate", str(runs["planner"]), "--data", str(data), f"planner.vae={tmp_path / 'gone'}"]) == 2
     )
     assert "planner.vae=DIR" in capsys.readouterr().err
+
+
+def test_a_cached_policy_run_validates_with_online_plans(data, runs, tmp_path):
+    """The plan cache holds plans of the *training* windows; training-time validation of a cached run plans
+    its validation windows online, so it logs what `validate` (always online) computes."""
+    run = tmp_path / "policy_cached"
+    proc = _run("train", "policy", "--data", str(data), "--out", str(run), *COMMON, *TRAIN, "--planner",
+                str(runs["planner"]), "policy.plan_cache.plans_per_frame=1")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    assert (run / "plan_cache").is_dir()
+    out = tmp_path / "v.json"
+    proc = _run("validate", str(run), "--data", str(data), "--split", "demos", "--weights", "model", "--json",
+                str(out), "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    got = json.loads(out.read_text())[0]["metrics"]
+    for k, v in _logged_validation(run).items():
+        assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k

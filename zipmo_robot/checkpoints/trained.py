@@ -185,10 +185,12 @@ def export(
     *,
     half: bool = False,
     extra: Mapping[str, str | os.PathLike] | None = None,
+    agent_defaults: Mapping[str, Any] | None = None,
 ) -> Path:
     """Copy a checkpoint without its trainer state (weights, config, meta: what inference needs), e.g. to ship
     it as package data; `half` stores the model weights in float16 (the EMA head stays fp32); `extra` maps
-    file names to files copied beside it (an eval summary). Weights are re-hashed in the new meta.json."""
+    file names to files copied beside it (an eval summary); `agent_defaults`: PolicyConfig knobs the agent
+    should run with unless the user sets them (policy/factory.py). Weights are re-hashed in the new meta.json."""
     meta = read_meta(src)
     folder = Path(meta["path"])
     model = read_weights(folder, MODEL)

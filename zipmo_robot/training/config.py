@@ -74,6 +74,7 @@ class VaeStageSchema:
     """`init`: null (from scratch), `official` (the released VAE, converted) or a VAE checkpoint folder."""
 
     init: str | None = None
+    logvar_init: float | None = None  # fresh VAE: to_logvar bias (null: the module's init, logvar ~ 0)
     pck_thresholds: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
 
 

@@ -147,6 +147,12 @@ class VAEStage(Stage):
             self.sources["vae_init"] = {"spec": "official:vae"}
         else:
             vae = TrajectoryVAE(vcfg)
+            if init is None and cfg.vae.logvar_init is not None:
+                # short schedules: start near-deterministic (std = exp(logvar_init / 2)); at the release's
+                # init (logvar ~ 0, std 1) the tiny KL weight (1e-7) takes far more steps than a CPU run has to
+                # shrink the noise, and until then the decoder learns to ignore z
+                with torch.no_grad():
+                    vae.encoder.to_logvar.bias.fill_(float(cfg.vae.logvar_init))
             if cfg.image_encoder == "pretrained" and init is None:
                 _load_into(vae.img_embedder.model, pretrained_dino_weights(cfg, vcfg.dino), "DINOv2 weights")
             if init is not None:

@@ -447,12 +447,20 @@ def validate(
     sums: dict[str, float] = {}
     n = int(cfg.val_batches)
     stage.trainable.eval()
-    for b in tqdm(range(n), desc="validate", unit="batch", disable=not progress, dynamic_ncols=True):
-        batch = stage.prepare(val.batch(VAL_SEED, b, int(cfg.batch_size), dist.rank, dist.world))
-        with autocast:
-            m = stage.validate(batch)
-        for k, v in m.items():
-            sums[k] = sums.get(k, 0.0) + v / n
+    # a policy's plan cache is indexed by *training* windows: validation windows plan online
+    cache = getattr(stage, "cache", None)
+    if cache is not None:
+        stage.cache = None
+    try:
+        for b in tqdm(range(n), desc="validate", unit="batch", disable=not progress, dynamic_ncols=True):
+            batch = stage.prepare(val.batch(VAL_SEED, b, int(cfg.batch_size), dist.rank, dist.world))
+            with autocast:
+                m = stage.validate(batch)
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v / n
+    finally:
+        if cache is not None:
+            stage.cache = cache
     stage.trainable.train()
     if cfg.stage == "planner":
         stage.planner.vae.eval()
