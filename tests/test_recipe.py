@@ -44,6 +44,10 @@ def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
     for stage in ("vae", "planner", "policy"):
         meta = trained.read_meta(out / stage)
         assert meta["stage"] == stage and meta["step"] == 3
+    # a VAE trained here: the planner normalises latents with statistics measured on it, not the release's
+    pcfg = trained.read_meta(out / "planner")["planner_config"]
+    assert (pcfg["vae_shift"], pcfg["vae_scale"]) != (-0.175, 11.6) and 0 < pcfg["vae_scale"] < 11.6
+    assert trained.read_meta(out / "policy")["planner_config"]["vae_scale"] == pcfg["vae_scale"]
     # the recipe's configs are what ran: each of its policy overrides is in the resolved training config
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf

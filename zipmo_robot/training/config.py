@@ -91,6 +91,9 @@ class PlannerStageSchema:
     start_frame_dropout: float = 0.0
     start_frame_noise: float = 0.0  # std of Gaussian noise added to the start frames in [-1, 1]
     time_sampling: str = "logit_normal"
+    # latent normalisation: auto = the released constants with the official VAE, measured (`latent_stats`)
+    # for a VAE trained here; official | measure force one
+    latent_stats: str = "auto"
 
 
 @dataclass

@@ -247,6 +247,42 @@ class PlannerLoss(nn.Module):
         return loss, {"loss": loss.detach(), "x0_std": x0.detach().std()}
 
 
+def latent_stats(planner: nn.Module, cfg: Any, log: Any = print, n_windows: int = 256) -> dict[str, float]:
+    """`vae_shift` (mean) and `vae_scale` (variance) of the VAE's posterior means over `n_windows` training
+    windows (both views; fixed seed, at most 4 demos per task), for the planner's latent normalisation.
+
+    The release hard-codes the released VAE's statistics (-0.175, 11.6); a VAE trained here has others (a
+    short CPU run: std ~0.15), and normalising with the released ones shrinks the planner's targets to a few
+    percent of the noise scale, so it learns next to nothing. Stored in the planner config (checkpoint meta)."""
+    from zipmo_robot.data.windows import WindowDataset
+    from zipmo_robot.training.data import find_demos
+
+    d = cfg.data
+    refs = find_demos(d.root, list(d.suites), d.split, d.tasks, 4)
+    ds = WindowDataset([str(r.path) for r in refs], tuple(d.cameras), int(d.n_tracks), 4)
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(ds), size=min(n_windows, len(ds)), replace=False)
+    vae = planner.vae
+    dev = next(planner.parameters()).device
+    values = []
+    with torch.no_grad():
+        for chunk in np.array_split(picks, max(1, len(picks) // 16)):
+            samples = [ds.get(int(i), np.random.default_rng([0, int(i)])) for i in chunk]
+            tracks = torch.from_numpy(np.stack([s["tracks"] for s in samples])).to(dev)  # (b, V, n, T, 2)
+            frames = frames_to_float(torch.from_numpy(np.stack([s["start_frames"] for s in samples])).to(dev))
+            n_enc = tracks.shape[2] // 2
+            emb = planner.vae_image_encoder(frames.flatten(0, 1))
+            mean, _, _ = vae.encode(tracks[:, :, :n_enc].flatten(0, 1), start_emb=emb)
+            values.append(mean.double().flatten())
+    z = torch.cat(values)
+    stats = {"vae_shift": float(z.mean()), "vae_scale": float(z.var())}
+    log(
+        f"planner latent normalisation from {len(picks)} windows of {len(refs)} demos: shift "
+        f"{stats['vae_shift']:.4g}, scale (variance) {stats['vae_scale']:.4g} (released VAE: -0.175, 11.6)"
+    )
+    return stats
+
+
 def _source(path: str) -> dict[str, Any]:
     """How a checkpoint refers to the checkpoint it was built from: path + content hash of its weights."""
     from zipmo_robot.checkpoints import trained
@@ -312,6 +348,10 @@ class PlannerStage(Stage):
             sd = trained.read_weights(pc.init, trained._pick(trained.read_meta(pc.init), "model"))
             _load_into(planner, sd, f"planner checkpoint {pc.init}")
             self.sources["planner_init"] = _source(pc.init)
+        if pc.latent_stats == "measure" or (pc.latent_stats == "auto" and pc.vae != "official"):
+            planner.cfg = replace(planner.cfg, **latent_stats(planner, cfg, log))
+        elif pc.latent_stats not in ("auto", "official", "measure"):
+            raise UserError(f"planner.latent_stats={pc.latent_stats!r} is not one of auto, official, measure")
         planner.vae.requires_grad_(False)  # targets come from the frozen VAE (no_grad)
         planner.track_cond_emb.requires_grad_(False)  # executed officially, output discarded (Q16)
         freeze_unused(planner)
