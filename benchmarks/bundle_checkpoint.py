@@ -22,14 +22,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("policy", help="policy training run or checkpoint folder")
     p.add_argument("--name", required=True, help="bundled:NAME")
-    p.add_argument("--eval", help="eval output folder: summary.json and report.md are shipped beside")
+    p.add_argument("--eval", help="eval output folder: its report, config and results are shipped beside")
     p.add_argument("--recipe", help="the recipe.yaml the policy was trained with")
     p.add_argument("--agent", nargs="*", default=[], help="agent defaults KEY=VALUE (nfe=5 replan_every=4)")
     p.add_argument("--half", action="store_true", help="fp16 model weights (halves the file)")
     args = p.parse_args()
     extra = {}
     if args.eval:
-        for name, dst in (("summary.json", "eval_summary.json"), ("report.md", "eval_report.md")):
+        for name, dst in (
+            ("report.md", "eval_report.md"),
+            ("report.csv", "eval_report.csv"),
+            ("config.yaml", "eval_config.yaml"),
+            ("results.jsonl", "eval_results.jsonl"),
+        ):
             if (Path(args.eval) / name).is_file():
                 extra[dst] = Path(args.eval) / name
     if args.recipe:

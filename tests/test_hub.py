@@ -32,6 +32,9 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _listing(kind: str) -> list[tuple[str, list[int]]]:
+    if not REF.is_dir():
+        pytest.fail(f"{REF} is missing: these tests read the reference material; clone the repository with "
+                    "../shared beside it")  # fmt: skip
     rows = []
     for line in (REF / f"{kind}.txt").read_text().splitlines():
         if line.strip():

@@ -85,8 +85,12 @@ def bundled_path(name: str) -> Path:
 
 def weight_free_hint() -> str:
     """How to try the stack without downloading weights (for the offline error messages)."""
-    ways = ["--policy scripted (the privileged pick-and-place expert, no weights)"]
-    ways += [f"--checkpoint bundled:{n} (ships with the package)" for n in bundled_names()]
+    ways = [
+        f"--checkpoint bundled:{n} (a small ZipMo policy trained with this stack's CPU recipe, shipped with the "
+        f"package; its evaluation is {bundled_root() / n / 'eval_report.md'})"
+        for n in bundled_names()
+    ]
+    ways += ["--policy scripted (the privileged pick-and-place expert, no weights)"]
     return "  to try the stack without the released weights: " + "; ".join(ways)
 
 

@@ -208,6 +208,8 @@ def export(
         "files": meta.get("files", {}),
         "weights_dtype": "float16" if half else "as trained",
     }
+    if agent_defaults:
+        keep["agent_defaults"] = dict(agent_defaults)
     out = save(
         dst, stage=meta["stage"], kind=meta["kind"], model=model, meta=keep, ema=ema, config_yaml=config
     )
