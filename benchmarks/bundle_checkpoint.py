@@ -5,7 +5,8 @@
 
 Copies the weights, config and meta (no optimiser state; `--half` stores the planner in fp16) with the
 evaluation's summary and report beside them, and the agent settings the policy was evaluated with as the
-checkpoint's `agent_defaults` (so `--checkpoint bundled:NAME` runs as evaluated without extra flags).
+checkpoint's `agent_defaults` (so `--checkpoint bundled:NAME` runs as evaluated without extra flags; an option
+the user sets to a non-default value wins).
 """
 
 from __future__ import annotations

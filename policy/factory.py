@@ -35,6 +35,7 @@ def policy_class(name: str) -> type:
 
 # PolicyConfig knobs a checkpoint's meta.json may recommend (`agent_defaults`)
 AGENT_DEFAULT_KEYS: tuple[str, ...] = ("nfe", "replan_every", "cfg_scale", "ensemble")
+_DEFAULTS: dict[str, Any] = {k: getattr(PolicyConfig, k) for k in AGENT_DEFAULT_KEYS}
 
 
 def _make_zipmo(options: Mapping[str, Any]) -> Policy:
@@ -60,8 +61,10 @@ def _make_zipmo(options: Mapping[str, Any]) -> Policy:
     bundle = load_policy(cfg.checkpoint, device, suite=suite, dino_heads=dino_heads)
     # a trained checkpoint may say how its agent should run (meta.json "agent_defaults", e.g. the bundled CPU
     # policy: nfe 5, replan_every 4); options the user gave explicitly win
+    # (an option counts as given when it is present and differs from PolicyConfig's default: the CLIs pass
+    # every knob, defaults included)
     recommended = {k: v for k, v in dict((bundle.meta or {}).get("agent_defaults") or {}).items()
-                   if k not in options and k in AGENT_DEFAULT_KEYS}  # fmt: skip
+                   if k in AGENT_DEFAULT_KEYS and options.get(k, _DEFAULTS[k]) == _DEFAULTS[k]}  # fmt: skip
     if recommended:
         cfg = PolicyConfig.from_options({**options, **recommended})
     nfe_mismatch_warning(bundle, cfg.nfe)

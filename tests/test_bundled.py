@@ -68,5 +68,5 @@ def test_it_acts_in_libero_through_rollout(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert record["steps"] == 9 and record["status"] in ("success", "failure")
-    options = (out / "config.yaml").read_text()
-    assert "replan_every: 4" in options and "nfe: 5" in options
+    used = json.loads((out / "summary.json").read_text())["policy_resolved"]
+    assert (used["nfe"], used["replan_every"]) == (5, 4)  # the checkpoint's agent_defaults

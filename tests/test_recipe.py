@@ -113,6 +113,10 @@ def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
     assert agent.resolved_options()["nfe"] == 3 and agent.resolved_options()["replan_every"] == 2
     mine = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32", "nfe": 4})
     assert mine.resolved_options()["nfe"] == 4 and mine.resolved_options()["replan_every"] == 2
+    # as the CLIs pass them: every knob present, those at PolicyConfig's defaults count as not given
+    cli = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32", "nfe": 10,
+                                "replan_every": 1, "cfg_scale": 1.0, "ensemble": "official"})  # fmt: skip
+    assert (cli.resolved_options()["nfe"], cli.resolved_options()["replan_every"]) == (3, 2)
     orig = make_policy("zipmo", {"checkpoint": str(out / "policy"), "device": "cpu", "precision": "fp32",
                                  "nfe": 3, "replan_every": 2})  # fmt: skip
     rng = np.random.default_rng(0)

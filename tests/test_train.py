@@ -46,16 +46,9 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """One scripted demo of libero_spatial task 0 (CLI collect), preprocessed with exact tracks (CLI)."""
-    root = tmp_path_factory.mktemp("train_data")
-    proc = _run("collect", "--suite", "libero_spatial", "--tasks", "0", "--demos-per-task", "1",
-                "--max-attempts", "2", "--render", "none", "--out", str(root / "raw"))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _run("preprocess", "--src", str(root / "raw"), "--dst", str(root / "pre"), "--no-text",
-                "--query-every", "16", "--grid", "10", "--random-queries", "16")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return root / "pre"
+def data(spatial_demo: Path) -> Path:
+    """One scripted, preprocessed demo of libero_spatial task 0 (`conftest.spatial_demo`)."""
+    return spatial_demo
 
 
 @pytest.fixture(scope="module")
