@@ -100,7 +100,9 @@ def _stage(name: str, *overrides: str):
 def test_each_stage_loss_falls_on_a_fixed_batch(data, runs):
     vae = _fixed_batch_losses(_stage("vae"), data, 25, 3e-3)
     assert vae[-1] < 0.6 * vae[0], vae
-    planner = _fixed_batch_losses(_stage("planner", f"planner.vae={runs['vae']}"), data, 25, 3e-3)
+    # data.root: the planner measures its latent normalisation on the trained VAE's latents of these demos
+    planner_stage = _stage("planner", f"planner.vae={runs['vae']}", f"data.root={data}", "data.split=demos")
+    planner = _fixed_batch_losses(planner_stage, data, 25, 3e-3)
     assert min(planner[-5:]) < 0.8 * planner[0], planner
     policy = _stage("policy", f"planner.vae={runs['vae']}", f"policy.planner={runs['planner']}")
     head = _fixed_batch_losses(policy, data, 25, 3e-3)

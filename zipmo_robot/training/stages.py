@@ -258,6 +258,11 @@ def latent_stats(planner: nn.Module, cfg: Any, log: Any = print, n_windows: int 
     from zipmo_robot.training.data import find_demos
 
     d = cfg.data
+    if d.root is None:
+        raise UserError(
+            "the planner measures its latent normalisation on the VAE's latents of the training demos: give "
+            "--data (data.root), or planner.latent_stats=official to keep the released VAE's constants"
+        )
     refs = find_demos(d.root, list(d.suites), d.split, d.tasks, 4)
     ds = WindowDataset([str(r.path) for r in refs], tuple(d.cameras), int(d.n_tracks), 4)
     rng = np.random.default_rng(0)
