@@ -174,6 +174,27 @@ def test_latent_normalisation_round_trip_and_float64_switch():
     torch.testing.assert_close(clean.normalize_latents(z), n, rtol=0, atol=1e-5)
 
 
+def test_per_token_latent_normalisation_uses_each_views_token_means():
+    """latent_norm=per_token: the (V, L, C) buffer is the shift of each view's tokens, in both layouts the
+    planner uses ((B V), L, C) and (B, V*L, C); it is saved in the state dict; other variants refuse it."""
+    model = _planner("libero_atm", latent_norm="per_token", vae_shift=0.0, vae_scale=4.0)
+    V, L, C = model.latent_token_mean.shape
+    assert "latent_token_mean" in model.state_dict()
+    mean = torch.randn(V, L, C)
+    model.latent_token_mean.copy_(mean)
+    z = mean[None] + torch.randn(3, V, L, C) * 2  # (B, V, L, C)
+    n = model.normalize_latents(z.reshape(3 * V, L, C))
+    torch.testing.assert_close(n.reshape(3, V, L, C), (z - mean) * (0.5**0.5 / 2.0))
+    torch.testing.assert_close(
+        model.normalize_latents(z.reshape(3, V * L, C)).reshape(3, V, L, C), n.reshape(3, V, L, C)
+    )
+    torch.testing.assert_close(model.denormalize_latents(n), z.reshape(3 * V, L, C), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="LIBERO"):
+        tiny_config("sparse", latent_norm="per_token")
+    with pytest.raises(ValueError, match="latent_norm"):
+        tiny_config("libero_atm", latent_norm="per_view")
+
+
 def test_quirk_flags_follow_the_master_switch():
     assert tiny_config("libero_tramoe").int_truncated_step_embedding is True
     cfg = tiny_config("libero_tramoe", official_quirks=False)

@@ -114,6 +114,11 @@ class PlannerConfig:
             (10.0*3.14 and 10π, as in the official code).
         vae_shift / vae_scale / latent_target_var: latent normalisation `(z - shift) * sqrt(target/scale)`
             (-0.175, 11.6, 0.5; hard-coded officially, not stored in checkpoints).
+        latent_norm: "scalar" (official: one shift for every latent) | "per_token" (LIBERO planners trained
+            here: the buffer `latent_token_mean` (V, G*G, C), the mean VAE latent of each view, token and
+            channel, is the shift, and `vae_scale` is the variance left around it). A small VAE trained on a
+            CPU puts ~99 % of its latents' variance in a per-token constant that no sample differs in; a
+            scalar normalisation then leaves the motion a few percent of the noise scale.
         time_sampling: training flow-time distribution, "logit_normal" (official: sigmoid(N(0, 1))) or
             "uniform".
         vae / dino: the embedded VAE's sizes and the planner's own image encoder; the cross-attention and
@@ -150,6 +155,7 @@ class PlannerConfig:
     vae_shift: float = -0.175
     vae_scale: float = 11.6
     latent_target_var: float = 0.5
+    latent_norm: str = "scalar"
     time_sampling: str = "logit_normal"
     vae: VAEConfig = field(default_factory=VAEConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -182,6 +188,10 @@ class PlannerConfig:
                 f"planner DINO width {self.dino.embed_dim} != VAE DINO width {self.vae.dino.embed_dim}; "
                 "both copies must have the same architecture"
             )
+        if self.latent_norm not in ("scalar", "per_token"):
+            raise ValueError(f"PlannerConfig.latent_norm={self.latent_norm!r}; use scalar or per_token")
+        if self.latent_norm == "per_token" and not self.is_libero:
+            raise ValueError("latent_norm=per_token is for the LIBERO planners (a fixed number of views)")
         if self.time_sampling not in ("logit_normal", "uniform"):
             raise ValueError(
                 f"PlannerConfig.time_sampling={self.time_sampling!r}; use logit_normal or uniform"
@@ -327,6 +337,8 @@ class MotionPlanner(nn.Module):
             ]
         )
         self.out_proj = CondTokenConcatSplit(W, C)
+        if cfg.latent_norm == "per_token":
+            self.register_buffer("latent_token_mean", torch.zeros(cfg.num_views, cfg.vae.n_latents, C))
         for name, value in self.nonpersistent_buffers().items():
             self.register_buffer(name, value, persistent=False)
 
@@ -382,9 +394,19 @@ class MotionPlanner(nn.Module):
         return self.img_embedder if self.vae.img_embedder is None else self.vae.img_embedder
 
     # -- latent normalisation (quirk Q14) --------------------------------------------------------------
+    def _token_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """`latent_token_mean` laid out like z: ((B V), L, C) per-view latents or (B, V*L, C) planner
+        latents (view 0 first) both view as (B, V, L, C)."""
+        m = self.latent_token_mean.to(z.dtype)
+        V, L, C = m.shape
+        return m.expand(z.numel() // (V * L * C), V, L, C).reshape(z.shape)
+
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> planner space: `(z - shift) * sqrt(target_var) / sqrt(scale)`, same dtype out."""
         cfg = self.cfg
+        if cfg.latent_norm == "per_token":
+            z = z - self._token_mean(z)
+            return z * (math.sqrt(cfg.latent_target_var) / math.sqrt(cfg.vae_scale))
         if cfg.float64_latent_norm:
             shift = torch.tensor(cfg.vae_shift, dtype=torch.float64, device=z.device).view(1, 1, 1)
             scale = torch.tensor(cfg.vae_scale, dtype=torch.float64, device=z.device)
@@ -395,6 +417,9 @@ class MotionPlanner(nn.Module):
         """Planner space -> VAE latents. Official dtypes: the scale multiply in z's dtype (0-dim float64
         scale), the shift add promoted to float64 by a (1, 1, 1) float64 shift, then cast back."""
         cfg = self.cfg
+        if cfg.latent_norm == "per_token":
+            z = z * (math.sqrt(cfg.vae_scale) / math.sqrt(cfg.latent_target_var))
+            return z + self._token_mean(z)
         if cfg.float64_latent_norm:
             shift = torch.tensor(cfg.vae_shift, dtype=torch.float64, device=z.device).view(1, 1, 1)
             scale = torch.tensor(cfg.vae_scale, dtype=torch.float64, device=z.device)

@@ -92,7 +92,8 @@ class PlannerStageSchema:
     start_frame_noise: float = 0.0  # std of Gaussian noise added to the start frames in [-1, 1]
     time_sampling: str = "logit_normal"
     # latent normalisation: auto = the released constants with the official VAE, measured (`latent_stats`)
-    # for a VAE trained here; official | measure force one
+    # for a VAE trained here; official | measure force one; per_token: a mean per view/token/channel and
+    # the variance around it (PlannerConfig.latent_norm; what a small CPU-trained VAE needs)
     latent_stats: str = "auto"
 
 

@@ -247,9 +247,13 @@ class PlannerLoss(nn.Module):
         return loss, {"loss": loss.detach(), "x0_std": x0.detach().std()}
 
 
-def latent_stats(planner: nn.Module, cfg: Any, log: Any = print, n_windows: int = 256) -> dict[str, float]:
+def latent_stats(
+    planner: nn.Module, cfg: Any, log: Any = print, n_windows: int = 256, per_token: bool = False
+) -> dict[str, Any]:
     """`vae_shift` (mean) and `vae_scale` (variance) of the VAE's posterior means over `n_windows` training
     windows (both views; fixed seed, at most 4 demos per task), for the planner's latent normalisation.
+    `per_token`: also `token_mean` (V, L, C), the mean of each view/token/channel, with `vae_shift` 0 and
+    `vae_scale` the variance around that mean (`PlannerConfig.latent_norm`).
 
     The release hard-codes the released VAE's statistics (-0.175, 11.6); a VAE trained here has others (a
     short CPU run: std ~0.15), and normalising with the released ones shrinks the planner's targets to a few
@@ -278,8 +282,16 @@ def latent_stats(planner: nn.Module, cfg: Any, log: Any = print, n_windows: int 
             n_enc = tracks.shape[2] // 2
             emb = planner.vae_image_encoder(frames.flatten(0, 1))
             mean, _, _ = vae.encode(tracks[:, :, :n_enc].flatten(0, 1), start_emb=emb)
-            values.append(mean.double().flatten())
-    z = torch.cat(values)
+            values.append(mean.double().reshape(tracks.shape[0], tracks.shape[1], *mean.shape[1:]))
+    z = torch.cat(values)  # (n, V, L, C)
+    if per_token:
+        token_mean = z.mean(0)
+        resid = z - token_mean
+        log(
+            f"planner latent normalisation per token from {len(picks)} windows of {len(refs)} demos: variance "
+            f"around the per-token mean {float(resid.var()):.4g} of a total {float(z.var()):.4g}"
+        )
+        return {"vae_shift": 0.0, "vae_scale": float(resid.var()), "token_mean": token_mean.float()}
     stats = {"vae_shift": float(z.mean()), "vae_scale": float(z.var())}
     log(
         f"planner latent normalisation from {len(picks)} windows of {len(refs)} demos: shift "
@@ -336,6 +348,7 @@ class PlannerStage(Stage):
             vae=replace(vae.cfg, with_image_encoder=True),
             dino=vae.cfg.dino if share else pdino,
             share_vae_dino=share,
+            latent_norm="per_token" if pc.latent_stats == "per_token" else "scalar",
         )
         planner = build_planner(pcfg)
         vae_sd = vae.state_dict()
@@ -353,10 +366,17 @@ class PlannerStage(Stage):
             sd = trained.read_weights(pc.init, trained._pick(trained.read_meta(pc.init), "model"))
             _load_into(planner, sd, f"planner checkpoint {pc.init}")
             self.sources["planner_init"] = _source(pc.init)
-        if pc.latent_stats == "measure" or (pc.latent_stats == "auto" and pc.vae != "official"):
+        if pc.latent_stats == "per_token":
+            stats = latent_stats(planner, cfg, log, per_token=True)
+            with torch.no_grad():
+                planner.latent_token_mean.copy_(stats.pop("token_mean"))
+            planner.cfg = replace(planner.cfg, **stats)
+        elif pc.latent_stats == "measure" or (pc.latent_stats == "auto" and pc.vae != "official"):
             planner.cfg = replace(planner.cfg, **latent_stats(planner, cfg, log))
-        elif pc.latent_stats not in ("auto", "official", "measure"):
-            raise UserError(f"planner.latent_stats={pc.latent_stats!r} is not one of auto, official, measure")
+        elif pc.latent_stats not in ("auto", "official"):
+            raise UserError(
+                f"planner.latent_stats={pc.latent_stats!r} is not one of auto, official, measure, per_token"
+            )
         planner.vae.requires_grad_(False)  # targets come from the frozen VAE (no_grad)
         planner.track_cond_emb.requires_grad_(False)  # executed officially, output discarded (Q16)
         freeze_unused(planner)
@@ -508,6 +528,17 @@ class PolicyStage(Stage):
                 self.cfg.policy.plan_precision,
             )
         return out
+
+    def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The BC loss/MSE, plus `mse_other_plan`: the MSE when every row gets the plan of the next row of
+        the batch (another window, usually another task). It says how much the head uses the plan: equal to
+        `mse` means the head acts from proprio alone and ignores where the planner says things move."""
+        metrics = super().validate(batch)
+        if batch["latents"].shape[0] > 1:
+            with torch.no_grad():
+                pred = self.head.predict(batch["latents"].roll(1, 0), batch["proprio"])
+            metrics["mse_other_plan"] = float(((pred - batch["actions"]) ** 2).mean())
+        return metrics
 
     def model_state(self) -> dict[str, torch.Tensor]:
         from zipmo_robot.checkpoints.trained import PLANNER_PREFIX
