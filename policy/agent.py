@@ -37,7 +37,11 @@ from zipmo_robot.policy.ensembling import TemporalEnsembler
 from zipmo_robot.policy.head import InverseDynamicsHead
 from zipmo_robot.policy.overlay import draw_plan, overlay_query_grid
 
-from zipmo_robot.models.planner import PRECISIONS, sampling_autocast  # noqa: F401 (PRECISIONS: re-export)
+from zipmo_robot.models.planner import (  # noqa: F401 (PRECISIONS: re-export)
+    PRECISIONS,
+    CompiledVelocity,
+    sampling_autocast,
+)
 from zipmo_robot.models.text import HashTaskEmbedder  # noqa: F401 (moved; re-exported for old imports)
 
 STAGES = ("preprocess_s", "encode_s", "plan_s", "head_s", "overlay_s")
@@ -109,6 +113,8 @@ class RollingReplanner(Policy):
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
         nfe, cfg_scale, precision, ensemble_mode, replan_every: as `PolicyConfig` (policy/config.py), which holds the
             defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
+        compile: the opt-in fast path (`PolicyConfig.compile`): the planner's velocity network through
+            `torch.compile`, compiled lazily per batch size and cached on this agent (`velocity`).
         overlay: decode each plan at a grid of points (one VAE decode per step, `overlay_spec`) and draw
             the tracks on the video frames.
         options: how the agent was built (checkpoint, text embedding, ...), reported by `resolved_options`
@@ -126,6 +132,7 @@ class RollingReplanner(Policy):
         precision: str = PolicyConfig.precision,
         ensemble_mode: str = PolicyConfig.ensemble,
         replan_every: int = PolicyConfig.replan_every,
+        compile: bool = PolicyConfig.compile,
         overlay: bool = False,
         overlay_spec: OverlaySpec = OverlaySpec(),
         options: dict[str, Any] | None = None,
@@ -136,6 +143,7 @@ class RollingReplanner(Policy):
             precision=precision,
             ensemble=ensemble_mode,
             replan_every=replan_every,
+            compile=bool(compile),
             overlay=overlay,
         )
         self.planner, self.head, self.task_embedder = planner.eval(), head.eval(), task_embedder
@@ -149,6 +157,11 @@ class RollingReplanner(Policy):
         self.options = dict(options or {})
         self._rows: dict[int, _Row] = {}
         self._finished: dict[int, dict[str, Any]] = {}
+        # the fast path's compiled velocity network (graphs per batch size inside); None on the exact path
+        self.velocity: CompiledVelocity | None = None
+        if self.config.compile:
+            CompiledVelocity.check_compiler()  # fail now, not at the first control step
+            self.velocity = CompiledVelocity(planner)
 
     # -- state -----------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -192,6 +205,7 @@ class RollingReplanner(Policy):
             "precision": c.precision,
             "ensemble": c.ensemble,
             "replan_every": c.replan_every,
+            "compile": c.compile,
         }
         return {**self.options, **own, "overlay": bool(c.overlay), "device": str(self.device)}
 
@@ -286,7 +300,7 @@ class RollingReplanner(Policy):
             )
             t_enc = time.perf_counter()
             if latents_override is None:
-                latents = planner.euler(z, guidance, self.config.nfe)
+                latents = planner.euler(z, guidance, self.config.nfe, velocity=self.velocity)
             else:
                 latents = latents_override.to(dev, torch.float32)
         if dev.type == "cuda":

@@ -29,6 +29,11 @@ class PolicyConfig:
         nfe: Euler steps per replan (10 released, the official `track_pred_nfe`).
         cfg_scale: classifier-free guidance scale (1.0 released: no unconditional pass).
         precision: planner numerics, "bf16" (bf16 autocast, the official `act`, on CPU too) | "fp32".
+        compile: the opt-in fast path: the planner's per-Euler-step network call runs through
+            `torch.compile` (inductor; `models/planner.py::CompiledVelocity`), compiled once per batch size
+            on first use (tens of seconds each). Its actions differ from the exact path (False, the default:
+            bit-identical to the official code) in the last bits, within the parity tests' autocast
+            tolerance; needs a C++ compiler.
         device: "cpu" | "cuda" | "cuda:N"; None = cuda when available.
         overlay: draw the plan on the videos (one VAE decode per step); None = on with a GPU.
         ensemble: temporal ensembling, "official" | "textbook" (`policy/ensembling.py`).
@@ -45,6 +50,7 @@ class PolicyConfig:
     nfe: int = 10
     cfg_scale: float = 1.0
     precision: str = "bf16"
+    compile: bool = False
     device: str | None = None
     overlay: bool | None = None
     ensemble: str = "official"

@@ -113,6 +113,7 @@ def _make_zipmo(options: Mapping[str, Any]) -> Policy:
         precision=cfg.precision,
         ensemble_mode=cfg.ensemble,
         replan_every=cfg.replan_every,
+        compile=cfg.compile,
         overlay=resolved["overlay"],
         options={**resolved, "checkpoint_path": bundle.path, "kind": bundle.kind},
     )

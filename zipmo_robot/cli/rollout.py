@@ -14,7 +14,7 @@ DEFAULT_POLICY = "zipmo"  # the ZipMo agent (policy.factory._make_zipmo)
 RUN_FLAG_KEYS: dict[str, str] = {
     k: k for k in ("episodes", "num_envs", "policy", "out", "video", "max_steps", "retries", "assets")
 }
-POLICY_OPTION_FLAGS = ("nfe", "cfg_scale", "precision", "device", "overlay", "demo")
+POLICY_OPTION_FLAGS = ("nfe", "cfg_scale", "precision", "compile", "device", "overlay", "demo")
 POLICY_FLAG_KEYS: dict[str, str] = {k: f"policy_options.{k}" for k in POLICY_OPTION_FLAGS}
 _FLAG_KEYS: dict[str, str] = {
     "suite": "suite",
@@ -31,6 +31,13 @@ def add_policy_option_arguments(g: Any) -> None:
     g.add_argument("--nfe", type=int, help="planner sampling steps")
     g.add_argument("--cfg-scale", type=float, help="planner guidance scale")
     g.add_argument("--precision", help="policy numerics, e.g. fp32 (default: the policy's)")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ZipMo fast path: torch.compile the planner (needs a C++ compiler; compiles per batch size on "
+        "first use; actions within the parity tolerance of the exact path, not bit-identical)",
+    )
     g.add_argument("--device", help="torch device for the policy, e.g. cpu or cuda")
     g.add_argument(
         "--overlay", action=argparse.BooleanOptionalAction, default=None, help="draw plans on videos"

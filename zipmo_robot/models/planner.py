@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from zipmo_robot.errors import UserError
 from zipmo_robot.models.blocks import (
     FourierFeatures,
     InputMLP,
@@ -308,6 +309,89 @@ class _Contexts:
             c.__exit__(*exc)
 
 
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]  # (x_t, t, cond) -> v
+
+COMPILE_HINT = "run without --compile (policy_options.compile=false: the exact path, same actions, slower)"
+
+
+class CompiledVelocity:
+    """`planner.predict_velocity` through `torch.compile` (inductor, `dynamic=False`, one graph): the opt-in
+    fast path of the agent (`PolicyConfig.compile`), passed to `MotionPlanner.euler` as `velocity`.
+
+    Compiled lazily: the first call with a new (batch, autocast dtype) compiles a graph for it (seconds to
+    minutes), later calls with that key reuse it. Inductor fuses the elementwise work (norms, RoPE, cosine
+    factors) and may reorder reductions, so the result differs from the exact path in the last bits
+    (README "fast path" gives the measured distance of the actions). A missing C++ compiler or any other
+    compile failure raises `UserError` saying how to run without compiling.
+    """
+
+    MAX_GRAPHS = 64  # graphs kept per planner (dynamo's default of 8 is below batch sizes x precisions)
+
+    def __init__(self, planner: MotionPlanner) -> None:
+        self.planner = planner
+        self.keys: set[tuple[int, torch.dtype | None]] = set()
+        self.compile_seconds: dict[tuple[int, torch.dtype | None], float] = {}
+        self._fullgraph = True
+        self._fn = self._compile(fullgraph=True)
+
+    @staticmethod
+    def check_compiler() -> None:
+        """Raise `UserError` now when inductor has no C++ compiler (it would fail at the first control step)."""
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:  # another torch layout: the first call reports any failure
+            return
+        try:
+            get_cpp_compiler()
+        except Exception as exc:
+            raise UserError(
+                f"--compile needs a C++ compiler for torch.compile (inductor) and found none ({exc!r}; it "
+                f"looks for $CXX, else g++): install one (e.g. apt-get install g++) or {COMPILE_HINT}"
+            ) from None
+
+    def _compile(self, fullgraph: bool) -> VelocityFn:
+        return torch.compile(
+            self.planner.predict_velocity, backend="inductor", dynamic=False, fullgraph=fullgraph
+        )
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        dev = x_t.device.type
+        key = (x_t.shape[0], torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
+        if key in self.keys:
+            return self._fn(x_t, t, cond)
+        return self._first_call(key, x_t, t, cond)
+
+    def _first_call(self, key: tuple, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Compile for a new key (a failure becomes `UserError`); graph breaks fall back to several graphs."""
+        import time
+
+        import torch._dynamo
+
+        start = time.perf_counter()
+        with torch._dynamo.config.patch(recompile_limit=self.MAX_GRAPHS):
+            try:
+                try:
+                    out = self._fn(x_t, t, cond)
+                except torch._dynamo.exc.Unsupported:
+                    if not self._fullgraph:
+                        raise
+                    self._fullgraph, self._fn = False, self._compile(fullgraph=False)
+                    out = self._fn(x_t, t, cond)
+            except Exception as exc:
+                raise self._failure(exc) from exc
+        self.keys.add(key)
+        self.compile_seconds[key] = time.perf_counter() - start
+        return out
+
+    @staticmethod
+    def _failure(exc: Exception) -> UserError:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return UserError(
+            f"torch.compile (inductor) could not compile the planner: {type(exc).__name__}: {first}. "
+            f"Inductor needs a working C++ compiler ($CXX or g++) and the Python headers; {COMPILE_HINT}"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model
 
@@ -541,20 +625,25 @@ class MotionPlanner(nn.Module):
         uncond = self.prepare(self.unconditioning(cond, start_t=inputs.get("start_t"))) if s > 1.0 else None
         return Guidance(cond, uncond, s)
 
-    def euler(self, z: torch.Tensor, guidance: Guidance, steps: int) -> torch.Tensor:
+    def euler(
+        self, z: torch.Tensor, guidance: Guidance, steps: int, velocity: VelocityFn | None = None
+    ) -> torch.Tensor:
         """Euler-integrate from noise `z (B, L, C)` to normalised latents (B, L, C) in `steps` velocity
         evaluations (per branch), official convention (quirk Q7): t = k/S for k = S..1 and `x <- x - v/S`,
-        t and dt in z's dtype, CFG `v_u + s (v_c - v_u)`. Runs in the caller's grad/autocast mode."""
+        t and dt in z's dtype, CFG `v_u + s (v_c - v_u)`. Runs in the caller's grad/autocast mode.
+        `velocity`: the network call `(x, t, cond) -> v` (default `predict_velocity`, exact); the agent's
+        opt-in fast path passes a `CompiledVelocity` of this planner."""
         if steps < 1:
             raise ValueError(f"the Euler sampler needs steps >= 1, got {steps}")
+        predict = self.predict_velocity if velocity is None else velocity
         B = z.shape[0]
         x = z
         dt = torch.full((B, 1, 1), 1 / steps, dtype=z.dtype, device=z.device)
         for step in range(steps, 0, -1):
             t = torch.full((B,), step / steps, dtype=z.dtype, device=z.device)
-            v = self.predict_velocity(x, t, guidance.cond)
+            v = predict(x, t, guidance.cond)
             if guidance.uncond is not None:
-                v_u = self.predict_velocity(x, t, guidance.uncond)
+                v_u = predict(x, t, guidance.uncond)
                 v = v_u + guidance.scale * (v - v_u)
             x = x - dt * v
         return x
