@@ -74,6 +74,13 @@ SUB_BENCHMARKS: dict[str, SubBenchmark] = {
         run=_lazy("runner", "run_runner"),
         format=_lazy("runner", "format_runner"),
     ),
+    "load": SubBenchmark(
+        help="peak RSS while loading a synthetic released-layout checkpoint (fresh subprocess) vs the model's "
+        "own bytes + one tensor; --baseline-tree DIR compares another source tree in the same run",
+        add_arguments=_lazy("load", "load_arguments"),
+        run=_lazy("load", "run_load"),
+        format=_lazy("load", "format_load"),
+    ),
     "train": SubBenchmark(
         help="training: samples/s per stage (1 and 2 DDP processes) with --data, plan-cache build and BC "
         "speed-up; --flops: release-size training FLOPs per sample and a GPU-hours projection",

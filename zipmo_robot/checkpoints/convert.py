@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
+from zipmo_robot.errors import UserError
 from zipmo_robot.models.dino import DinoConfig
 from zipmo_robot.models.planner import PlannerConfig, build_planner
 from zipmo_robot.models.sizes import HEAD_KINDS, KINDS, PLANNER_KINDS
@@ -40,8 +43,9 @@ _HEAD_PREFIX = "track_predictor."  # where a policy-head file keeps its planner
 _PLANNER_PREFIX = dict.fromkeys(HEAD_KINDS, _HEAD_PREFIX)
 
 
-class CheckpointError(ValueError):
-    """A state dict does not fit a model: lists missing keys, unexpected keys and shape mismatches."""
+class CheckpointError(UserError, ValueError):
+    """A state dict does not fit a model: lists missing keys, unexpected keys and shape mismatches (a
+    `UserError`: the CLI prints it as one message)."""
 
 
 class SizeInferenceError(ValueError):
@@ -59,8 +63,6 @@ def detect_kind(keys: Any) -> str:
     Tra-MoE vs ATM is §7.3's rule: a `start_t_mapping.*` module (under `track_predictor.` in a policy-head
     file). Sparse and dense planners share one key set (§12.3; dense differs only in n_cond): `planner_sparse`.
     """
-    from zipmo_robot.errors import UserError
-
     names = list(keys)
     if any(k.startswith(_HEAD_PREFIX) for k in names):
         tramoe = any(k.startswith(_HEAD_PREFIX + "start_t_mapping.") for k in names)
@@ -193,11 +195,189 @@ def shares_vae_dino(kind: str, converted: dict[str, torch.Tensor]) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Tensor sources: a state dict in memory, or a .safetensors file read one tensor at a time
+
+_T = TypeVar("_T")
+
+# safetensors dtype names -> torch dtypes, for shape-only stand-ins (an unknown name stands in as float32)
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class TensorSource(Protocol):
+    """Where weights come from: key names, shapes and dtypes without data (`stand_in`: a meta tensor), and
+    values one at a time (`read(key, use)` returns `use(tensor)`; `owned` False: the tensor is a view valid
+    only inside `use`, so `use` must copy what it keeps)."""
+
+    what: str
+    owned: bool
+
+    def keys(self) -> list[str]: ...
+
+    def stand_in(self, key: str) -> torch.Tensor: ...
+
+    def read(self, key: str, use: Callable[[torch.Tensor], _T]) -> _T: ...
+
+    def equal(self, a: str, b: str) -> bool: ...
+
+
+class StateDictSource:
+    """A state dict in memory as a `TensorSource`; its tensors are handed out as they are."""
+
+    owned = True
+
+    def __init__(self, sd: Mapping[str, torch.Tensor], what: str = "state dict") -> None:
+        self.sd, self.what = sd, what
+
+    def keys(self) -> list[str]:
+        return list(self.sd)
+
+    def stand_in(self, key: str) -> torch.Tensor:
+        t = self.sd[key]
+        return t if t.is_meta else torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+    def read(self, key: str, use: Callable[[torch.Tensor], _T]) -> _T:
+        return use(self.sd[key])
+
+    def equal(self, a: str, b: str) -> bool:
+        return _same_tensor(self.sd[a], self.sd[b])
+
+
+class SafetensorsFile:
+    """A .safetensors file as a `TensorSource`: names, shapes and dtypes come from its header (no tensor
+    data is read); each tensor is read through its own short-lived `safe_open` handle.
+
+    Why one handle per tensor: `safe_open` maps the whole file and hands out views of that mapping; every
+    page read stays resident until the handle is closed, so reading a file through one handle holds all of
+    it beside the model (peak 2x the model). Closing after each tensor bounds the extra to one tensor.
+    A damaged, truncated or unreadable file raises `UserError` naming it and `fix`.
+    """
+
+    owned = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        what: str | None = None,
+        fix: str = "re-download it (zipmo-robot download ...)",
+    ) -> None:
+        self.path = os.fspath(path)
+        self.what = what or f"checkpoint {self.path!r}"
+        self.fix = fix
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        with self._open() as f:
+            for key in f.keys():
+                header = f.get_slice(key)  # the header entry only: no tensor data
+                self.shapes[key] = tuple(header.get_shape())
+                self.dtypes[key] = header.get_dtype()
+
+    def _error(self, exc: BaseException) -> UserError:
+        return UserError(f"cannot read checkpoint {self.path!r}: {exc}; {self.fix}")
+
+    @contextmanager
+    def _open(self) -> Any:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(self.path, framework="pt", device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise self._error(exc) from exc
+        with handle as f:
+            yield f
+
+    def _get(self, f: Any, key: str) -> torch.Tensor:
+        from safetensors import SafetensorError
+
+        try:
+            return f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def stand_in(self, key: str) -> torch.Tensor:
+        dtype = _ST_DTYPES.get(self.dtypes[key], torch.float32)
+        return torch.empty(self.shapes[key], dtype=dtype, device="meta")
+
+    def read(self, key: str, use: Callable[[torch.Tensor], _T]) -> _T:
+        with self._open() as f:
+            return use(self._get(f, key))
+
+    def equal(self, a: str, b: str) -> bool:
+        if self.shapes[a] != self.shapes[b] or self.dtypes[a] != self.dtypes[b]:
+            return False
+        with self._open() as f:
+            return torch.equal(self._get(f, a), self._get(f, b))
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor as an owned CPU tensor (for callers that need a state dict; holds the whole file)."""
+        return {k: self.read(k, lambda t: t.clone()) for k in self.shapes}
+
+
+def as_source(sd: Any, what: str = "state dict") -> TensorSource:
+    """`sd` as a `TensorSource`: a source is returned as is, a mapping is wrapped (`StateDictSource`)."""
+    if isinstance(sd, StateDictSource | SafetensorsFile):
+        return sd
+    if isinstance(sd, Mapping):
+        return StateDictSource(sd, what)
+    raise TypeError(f"expected a state dict or a TensorSource, got {type(sd).__name__}")
+
+
+def stand_ins(source: TensorSource, keys: Mapping[str, str] | Iterable[str]) -> dict[str, torch.Tensor]:
+    """Meta tensors (shape and dtype, no data) for `keys` (names, or our name -> the source's name): what
+    size inference and the strict key check need."""
+    pairs = keys.items() if isinstance(keys, Mapping) else ((k, k) for k in keys)
+    return {ours: source.stand_in(theirs) for ours, theirs in pairs}
+
+
+def official_keys(kind: str, source: TensorSource, prefix: str = "") -> dict[str, str]:
+    """Our key -> the source's key for the model of `kind` stored under `prefix` (e.g. `track_predictor.`
+    in a policy-head file): the key-level part of `convert_official_state_dict` (prefix remapping; for
+    planners the VAE's DINO copy left out when it equals the planner's, compared one tensor pair at a time).
+    """
+    _check_kind(kind)
+    rules = sorted(PREFIX_MAP[kind].items(), key=lambda kv: -len(kv[0]))
+    out: dict[str, str] = {}
+    for key in source.keys():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        for old, new in rules:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        out[name] = key
+    if kind != "vae" and _source_copies_identical(source, out):
+        out = {k: v for k, v in out.items() if not k.startswith(_VAE_DINO)}
+    return out
+
+
+def _source_copies_identical(source: TensorSource, keys: Mapping[str, str]) -> bool:
+    a = {k[len(_DINO) :]: v for k, v in keys.items() if k.startswith(_DINO)}
+    b = {k[len(_VAE_DINO) :]: v for k, v in keys.items() if k.startswith(_VAE_DINO)}
+    if not a or a.keys() != b.keys():
+        return False
+    return all(source.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Strict loading
 
 
 def state_dict_diff(
-    model: nn.Module, sd: dict[str, torch.Tensor]
+    model: nn.Module, sd: Mapping[str, torch.Tensor]
 ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
     """(missing keys, unexpected keys, [(key, expected shape, got shape)]) of `sd` against `model`."""
     expected = model.state_dict()
@@ -218,12 +398,9 @@ def _listing(items: list, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def load_strict(
-    model: nn.Module, sd: dict[str, torch.Tensor], what: str = "state dict", assign: bool = False
-) -> None:
-    """Load `sd` into `model`, requiring every key and shape to match; otherwise raise one
-    `CheckpointError` listing missing keys, unexpected keys and shape mismatches (key, expected, got).
-    `assign`: the model was built on the meta device and takes `sd`'s tensors (`_assign_loaded`)."""
+def check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "state dict") -> None:
+    """Raise one `CheckpointError` listing missing keys, unexpected keys and shape mismatches (key,
+    expected, got) of `sd` (tensors or shape-only stand-ins) against `model`; nothing when it fits."""
     missing, unexpected, mismatched = state_dict_diff(model, sd)
     if missing or unexpected or mismatched:
         parts = [f"{what} does not fit {type(model).__name__}:"]
@@ -236,47 +413,80 @@ def load_strict(
             parts.append(f"  {len(mismatched)} shape mismatch(es):\n{_listing(rows)}")
         parts.append("  Check that the model config (sizes, variant, share_vae_dino) matches the file.")
         raise CheckpointError("\n".join(parts))
+
+
+def load_strict(
+    model: nn.Module,
+    sd: Mapping[str, torch.Tensor] | TensorSource,
+    what: str = "state dict",
+    assign: bool = False,
+    keys: Mapping[str, str] | None = None,
+) -> None:
+    """Load `sd` (a state dict, or a `TensorSource` such as `SafetensorsFile`) into `model`, requiring every
+    key and shape to match (checked on names and shapes before any data is read); otherwise raise one
+    `CheckpointError` (`check_fits`). `keys`: our key -> the source's key (default: the source's keys).
+
+    Tensors are read one at a time and copied into the parameters/buffers; with `assign` (a model built on
+    the meta device) they become them (`_assign_loaded`). Either way a file is never held beside the model.
+    """
+    source = as_source(sd, what)
+    keys = {k: k for k in source.keys()} if keys is None else dict(keys)
+    check_fits(model, stand_ins(source, keys), what)
     if assign:
-        _assign_loaded(model, sd)
-    else:
-        model.load_state_dict(sd, strict=True)
+        _assign_loaded(model, source, keys)
+        return
+    targets = model.state_dict()
+    with torch.no_grad():
+        for ours, theirs in keys.items():
+            source.read(theirs, targets[ours].copy_)  # casts to the model's dtype, as load_state_dict does
 
 
 def model_from_official(
     kind: str,
-    sd: dict[str, torch.Tensor],
+    sd: Mapping[str, torch.Tensor] | TensorSource,
     config: VAEConfig | PlannerConfig | None = None,
     *,
     dino_num_heads: int | None = None,
     what: str | None = None,
+    prefix: str = "",
 ) -> nn.Module:
-    """Convert an official state dict of a model kind, build the model (sharing DINO when the file's two
-    copies are identical) and load it strictly. The official quirks are on (the released behaviour).
-
-    `config` None: sizes from the tensor shapes (`infer_config`; `dino_num_heads` as there)."""
+    """Convert an official state dict (or `TensorSource`, e.g. a `SafetensorsFile`; the model's keys under
+    `prefix`) of a model kind, build the model (sharing DINO when the file's two copies are identical) on
+    the meta device and load it strictly, one tensor at a time. The official quirks are on (the released
+    behaviour). `config` None: sizes from the tensor shapes (`infer_config`; `dino_num_heads` as there)."""
     _check_kind(kind, MODEL_KINDS)
-    converted = convert_official_state_dict(kind, sd)
+    what = what or f"official {kind} checkpoint"
+    source = as_source(sd, what)
+    keys = official_keys(kind, source, prefix)
+    shapes = stand_ins(source, keys)
     if config is None:
-        config = infer_config(kind, converted, dino_num_heads=dino_num_heads)
+        config = infer_config(kind, shapes, dino_num_heads=dino_num_heads)
     if isinstance(config, PlannerConfig):
-        config = replace(config, share_vae_dino=shares_vae_dino(kind, converted), official_quirks=True)
+        config = replace(config, share_vae_dino=shares_vae_dino(kind, shapes), official_quirks=True)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = build_model(kind, config)
-    load_strict(model, converted, what or f"official {kind} checkpoint", assign=True)
+    load_strict(model, source, what, assign=True, keys=keys)
     return model
 
 
-def _assign_loaded(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Load `sd` into a model built on the meta device by taking its tensors as the parameters (no copy:
-    peak memory is the state dict, not state dict + model), then fill the buffers checkpoints do not store
-    from each module's `nonpersistent_buffers()`. Tensors of another dtype than the model's are cast first
-    (as a copying load would), one at a time."""
+def _assign_loaded(model: nn.Module, source: TensorSource, keys: Mapping[str, str]) -> None:
+    """Load a model built on the meta device by taking the source's tensors as its parameters (a state
+    dict's own tensors, no copy; a file's tensors copied out of their mapping one at a time): peak memory
+    is the model plus one tensor. Then fill the buffers checkpoints do not store from each module's
+    `nonpersistent_buffers()`. Tensors of another dtype than the model's are cast (as a copying load)."""
     expected = model.state_dict()
-    for key, value in sd.items():
-        want = expected[key].dtype
-        if value.dtype != want:
-            sd[key] = value.to(want)
-    model.load_state_dict(sd, strict=True, assign=True)
+
+    def take(want: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        def use(t: torch.Tensor) -> torch.Tensor:
+            if source.owned:
+                return t if t.dtype == want else t.to(want)
+            return torch.empty(t.shape, dtype=want).copy_(t)  # own memory: the view dies with its handle
+
+        return use
+
+    loaded = {ours: source.read(theirs, take(expected[ours].dtype)) for ours, theirs in keys.items()}
+    model.load_state_dict(loaded, strict=True, assign=True)
+    del loaded
     for module in model.modules():
         if any(b is not None and b.is_meta for b in module._buffers.values()):
             fill = getattr(module, "nonpersistent_buffers", None)
@@ -397,9 +607,8 @@ def save_checkpoint(model: nn.Module, kind: str, folder: str | os.PathLike) -> P
 
 
 def load_checkpoint(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[str, nn.Module]:
-    """Rebuild a model saved by `save_checkpoint` and load it strictly: returns (kind, model)."""
-    from safetensors.torch import load_file
-
+    """Rebuild a model saved by `save_checkpoint` and load it strictly, one tensor at a time (built on the
+    meta device, so peak memory is the model plus one tensor); returns (kind, model on `map_location`)."""
     folder = Path(folder)
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
     for path in (cfg_path, weights):
@@ -409,6 +618,8 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str = "cpu") -> tup
             )
     meta = json.loads(cfg_path.read_text())
     kind = meta["kind"]
-    model = build_model(kind, meta["config"])
-    load_strict(model, load_file(str(weights), device=map_location), str(weights))
-    return kind, model
+    source = SafetensorsFile(weights, fix="the checkpoint is damaged; save it again")
+    with torch.device("meta"):
+        model = build_model(kind, meta["config"])
+    load_strict(model, source, str(weights), assign=True)
+    return kind, model.to(map_location)

@@ -116,42 +116,53 @@ def load_policy(
     if not text.startswith(hub.OFFICIAL_PREFIX) and Path(text).expanduser().is_dir():
         return _load_trained(Path(text).expanduser(), text, device)
     path = hub.resolve_checkpoint(text, suite=suite, cache_dir=cache_dir)
-    sd = read_safetensors(path)
-    planner, head, kind = policy_from_state_dict(sd, dino_heads=dino_heads, what=str(path))
+    source = open_safetensors(path)
+    planner, head, kind = policy_from_state_dict(source, dino_heads=dino_heads, what=str(path))
     return PolicyBundle(planner.to(device), head.to(device), kind, text, str(path))
 
 
 def policy_from_state_dict(
-    sd: dict[str, Any], *, dino_heads: int | None = None, what: str = "policy file"
+    sd: Any, *, dino_heads: int | None = None, what: str = "policy file"
 ) -> tuple[Any, Any, str]:
-    """(planner, head, kind) from a released-layout policy state dict, loaded strictly on CPU.
+    """(planner, head, kind) from a released-layout policy state dict or `convert.TensorSource` (an
+    `open_safetensors` file), loaded strictly on CPU one tensor at a time.
 
     The planner part (`track_predictor.*`) goes through the converter (an identical VAE DINO copy is folded
-    into the planner's, quirk Q20); `sd` is emptied as its tensors are consumed, so a file is held once.
+    into the planner's, quirk Q20); kind and sizes come from key names and shapes only. A dict `sd` is
+    emptied afterwards (its tensors now live in the models), so it is held once.
     """
     from zipmo_robot.checkpoints import convert
     from zipmo_robot.policy.head import InverseDynamicsHead, InverseDynamicsHeadConfig
 
-    kind = convert.detect_kind(sd)
+    source = convert.as_source(sd, what)
+    kind = convert.detect_kind(source.keys())
     if kind not in convert.POLICY_KINDS:
         raise UserError(
             f"{what} is a {kind} file, not a policy head (no track_predictor.* keys); a policy needs a head "
             "file such as official:atm, official:tramoe or policy_heads/atm_libero.safetensors"
         )
-    planner_sd = {
-        k[len(PLANNER_PREFIX) :]: sd.pop(k) for k in [k for k in sd if k.startswith(PLANNER_PREFIX)]
-    }
-    head_sd = dict(sd)
-    sd.clear()
     planner = model_from_state_dict(
-        convert.planner_kind(kind), planner_sd, dino_heads=dino_heads, what=f"planner part of {what}"
+        convert.planner_kind(kind),
+        source,
+        dino_heads=dino_heads,
+        what=f"planner part of {what}",
+        prefix=PLANNER_PREFIX,
     )
-    del planner_sd
-    hcfg = InverseDynamicsHeadConfig.from_state_dict(head_sd)
+    head_keys = [k for k in source.keys() if not k.startswith(PLANNER_PREFIX)]
+    try:
+        hcfg = InverseDynamicsHeadConfig.from_state_dict(convert.stand_ins(source, head_keys))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise convert.CheckpointError(
+            f"policy-head part of {what} does not fit InverseDynamicsHead: its sizes cannot be read from the "
+            f"head keys ({type(exc).__name__}: {exc}); a released policy-head file has learned_action_queries, "
+            "policy_net.N.*, track_embedder.*, proprio_embedder.* and policy_out_proj.proj.weight"
+        ) from exc
     hcfg.grid_size = planner.cfg.vae.latent_grid
     hcfg.num_views = planner.cfg.num_views
-    head = InverseDynamicsHead(hcfg)
-    convert.load_strict(head, head_sd, f"policy-head part of {what}")
+    head = InverseDynamicsHead(hcfg)  # small: built with its init, then copied into
+    convert.load_strict(head, source, f"policy-head part of {what}", keys={k: k for k in head_keys})
+    if isinstance(sd, dict):
+        sd.clear()
     planner.requires_grad_(False)
     head.requires_grad_(False)
     return planner.eval(), head.eval(), kind
@@ -203,29 +214,33 @@ def load_model(
     from zipmo_robot.checkpoints import convert, hub
 
     path = hub.resolve_checkpoint(spec, suite=suite, cache_dir=cache_dir)
-    sd = read_safetensors(path)
-    kind = kind or convert.detect_kind(sd)
+    source = open_safetensors(path)
+    kind = kind or convert.detect_kind(source.keys())
     if kind in convert.POLICY_KINDS:
         raise UserError(f"{path} is a {kind} file: load it with load_policy (planner + head)")
     return model_from_state_dict(
-        kind, sd, config=config, dino_heads=dino_heads, what=f"official {kind} file {path}"
+        kind, source, config=config, dino_heads=dino_heads, what=f"official {kind} file {path}"
     )
 
 
 def model_from_state_dict(
     kind: str,
-    sd: dict[str, Any],
+    sd: Any,
     *,
     config: Any = None,
     dino_heads: int | None = None,
     what: str = "state dict",
+    prefix: str = "",
 ) -> Any:
-    """Convert an official-layout state dict of a VAE/planner kind, build the model (one shared DINO when
-    the file's two copies are identical, official quirks on) and load it strictly; eval mode, CPU."""
+    """Convert an official-layout state dict or `convert.TensorSource` (the model's keys under `prefix`) of
+    a VAE/planner kind, build the model (one shared DINO when the file's two copies are identical, official
+    quirks on) and load it strictly, one tensor at a time; eval mode, CPU."""
     from zipmo_robot.checkpoints import convert
 
     try:
-        return convert.model_from_official(kind, sd, config, dino_num_heads=dino_heads, what=what).eval()
+        return convert.model_from_official(
+            kind, sd, config, dino_num_heads=dino_heads, what=what, prefix=prefix
+        ).eval()
     except convert.SizeInferenceError as exc:
         raise UserError(
             f"{what}: {exc} (its DINO width is not a multiple of 64, so it is not a release-size file); pass "
@@ -233,8 +248,18 @@ def model_from_state_dict(
         ) from exc
 
 
+def open_safetensors(path: str | os.PathLike) -> Any:
+    """A .safetensors file as a lazy `convert.SafetensorsFile`: key names and shapes read from its header,
+    tensors read one at a time by the loaders (peak memory: the model plus one tensor); a damaged file
+    raises `UserError` naming it."""
+    from zipmo_robot.checkpoints.convert import SafetensorsFile
+
+    return SafetensorsFile(path)
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """Every tensor of a .safetensors file on CPU; a damaged file raises `UserError` naming it."""
+    """Every tensor of a .safetensors file on CPU (holds the whole file: the loaders use `open_safetensors`);
+    a damaged file raises `UserError` naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -234,11 +234,17 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_weights(
-    path: str | os.PathLike, which: str = MODEL, verify: bool = True, device: str = "cpu"
-) -> dict[str, Any]:
-    """One weight file of a checkpoint as a state dict; `verify` checks its sha256 against meta.json."""
+    path: str | os.PathLike, which: str = MODEL, verify: bool = True, device: str = "cpu", lazy: bool = False
+) -> Any:
+    """One weight file of a checkpoint as a state dict; `verify` checks its sha256 against meta.json.
+
+    `lazy`: a `convert.SafetensorsFile` instead (names and shapes from the header, tensors read one at a
+    time by `convert.load_strict`, so loading holds the model plus one tensor, not the file beside it).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from zipmo_robot.checkpoints.convert import SafetensorsFile
 
     meta = read_meta(path)
     folder = Path(meta["path"])
@@ -251,6 +257,8 @@ def read_weights(
             f"{file} does not match the sha256 in {folder / META} (damaged or replaced); use an earlier "
             "checkpoint or retrain"
         )
+    if lazy:
+        return SafetensorsFile(file, fix="the checkpoint is damaged; use an earlier one or retrain")
     try:
         return load_file(str(file), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
