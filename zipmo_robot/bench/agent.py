@@ -165,7 +165,7 @@ def _cases(agents: dict[str, Any], batch: int, steps: int, warmup: int, plan_sca
         }
         if agent.velocity is not None:  # seconds the first call of this batch size spent compiling
             rec["compile_s"] = round(
-                sum(v for (b, _), v in agent.velocity.compile_seconds.items() if b == batch), 1
+                sum(v for k, v in agent.velocity.compile_seconds.items() if k[0] == batch), 1
             )
         out.append(rec)
     if len(out) == 2:

@@ -319,7 +319,7 @@ class CompiledVelocity:
     fast path of the agent (`PolicyConfig.compile`), passed to `MotionPlanner.euler` as `velocity`.
 
     Compiled lazily: the first call with a new (batch, autocast dtype) compiles a graph for it (seconds to
-    minutes), later calls with that key reuse it. Inductor fuses the elementwise work (norms, RoPE, cosine
+    minutes; one more for the unconditional branch when cfg_scale > 1), later calls reuse it. Inductor fuses the elementwise work (norms, RoPE, cosine
     factors) and may reorder reductions, so the result differs from the exact path in the last bits
     (README "fast path" gives the measured distance of the actions). A missing C++ compiler or any other
     compile failure raises `UserError` saying how to run without compiling.
@@ -329,8 +329,8 @@ class CompiledVelocity:
 
     def __init__(self, planner: MotionPlanner) -> None:
         self.planner = planner
-        self.keys: set[tuple[int, torch.dtype | None]] = set()
-        self.compile_seconds: dict[tuple[int, torch.dtype | None], float] = {}
+        self.keys: set[tuple] = set()  # (batch, autocast dtype or None, context shape, context strides)
+        self.compile_seconds: dict[tuple, float] = {}
         self._fullgraph = True
         self._fn = self._compile(fullgraph=True)
 
@@ -356,7 +356,9 @@ class CompiledVelocity:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dev = x_t.device.type
-        key = (x_t.shape[0], torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
+        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        # the CFG branches differ in their context's layout (an expanded mask token): one graph each
+        key = (x_t.shape[0], autocast, tuple(cond.x_cross.shape), cond.x_cross.stride())
         if key in self.keys:
             return self._fn(x_t, t, cond)
         return self._first_call(key, x_t, t, cond)
