@@ -28,7 +28,7 @@ from zipmo_robot.errors import UserError
 CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
 VIEW_NAMES = {"agentview": "Side", "robot0_eye_in_hand": "Effector"}
 RESOLUTION = 128
-METRICS: tuple[str, ...] = ("single", "min", "mean", "mean_t")
+METRICS: tuple[str, ...] = ("single", "min", "mean", "mean_t", "static")
 
 # ZipMo supplement Table E (PROTOCOLS.md §6.3): (suite, view) -> Single, Min, Mean.
 PUBLISHED_ZIPMO = {
@@ -65,7 +65,8 @@ def moving_tracks(window_px: np.ndarray, visible: np.ndarray, threshold: float) 
 
 
 def window_metrics(pred_px: np.ndarray, gt_px: np.ndarray) -> dict[str, float]:
-    """pred (k, N, T, 2), gt (N, T, 2), pixels -> Single, Min, Mean, MeanT (PROTOCOLS.md §7.2)."""
+    """pred (k, N, T, 2), gt (N, T, 2), pixels -> Single, Min, Mean, MeanT (PROTOCOLS.md §7.2), and Static:
+    the error of predicting no motion (every track stays at its start point), the floor a plan must beat."""
     per_sample = ((pred_px - gt_px[None]) ** 2).mean(axis=(1, 2, 3))  # (k,)
     mean_track = pred_px.mean(axis=0)
     return {
@@ -73,6 +74,7 @@ def window_metrics(pred_px: np.ndarray, gt_px: np.ndarray) -> dict[str, float]:
         "min": float(per_sample.min()),
         "mean": float(per_sample.mean()),
         "mean_t": float(((mean_track - gt_px) ** 2).mean()),
+        "static": float(((gt_px[:, :1] - gt_px) ** 2).mean()),
     }
 
 
@@ -155,7 +157,8 @@ def load_planner(spec: str) -> tuple[Any, Any]:
 
     if trained.is_checkpoint_dir(spec):
         planner, meta = trained.load_planner(spec)
-        return planner, trained.task_embedder(meta.get("text") or {"kind": "bert"}, planner.cfg.d_cross)
+        text = meta.get("text_encoder") or {"kind": "bert"}  # what the planner was trained with
+        return planner, trained.task_embedder(text, planner.cfg.d_cross)
     from zipmo_robot.checkpoints.loader import load_model
 
     planner = load_model(spec)
@@ -245,15 +248,15 @@ def evaluate(
 
 
 def format_markdown(result: dict[str, Any], model: str) -> str:
-    lines = ["| suite | view | windows | Single | Min | Mean | MeanT | ZipMo Table E (Single / Min / Mean) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| suite | view | windows | Single | Min | Mean | MeanT | Static (no motion) | ZipMo Table E (Single / Min / Mean) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, t in result["table"].items():
         suite, cam = key.split("/")
         pub = PUBLISHED_ZIPMO.get((suite, cam))
         ref = " / ".join(f"{v:.2f}" for v in pub) if pub else "–"
         lines.append(
             f"| {suite} | {VIEW_NAMES[cam]} | {t['windows']} | {t['single']:.2f} | {t['min']:.2f} | "
-            f"{t['mean']:.2f} | {t['mean_t']:.2f} | {ref} |"
+            f"{t['mean']:.2f} | {t['mean_t']:.2f} | {t.get('static', float('nan')):.2f} | {ref} |"
         )
     return f"Trajectory MSE (px² at 128×128, k = {result['settings']['k']}), model: {model}\n\n" + "\n".join(
         lines

@@ -19,7 +19,9 @@ def test_metrics_match_hand_computed_values() -> None:
     pred = np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), 3.0), np.full((1, 2, 2), -1.0)])
     m = tracks.window_metrics(pred, gt)
     # per-sample MSE over tracks, steps and both coordinates: 1, 9, 1; mean track = 1 -> MeanT 1
-    assert m == {"single": 1.0, "min": 1.0, "mean": pytest.approx(11 / 3), "mean_t": 1.0}
+    assert m == {"single": 1.0, "min": 1.0, "mean": pytest.approx(11 / 3), "mean_t": 1.0, "static": 0.0}
+    moving = np.array([[[0.0, 0.0], [2.0, 0.0]]])  # a track moving 2 px in y: static error (0 + 4) / 4
+    assert tracks.window_metrics(moving[None], moving)["static"] == 1.0
     assert tracks.window_metrics(gt[None], gt) == dict.fromkeys(tracks.METRICS, 0.0)
     assert np.allclose(tracks.to_pixels(np.array([-1.0, 0.0, 1.0])), [0.0, 64.0, 128.0])
 

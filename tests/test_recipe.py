@@ -70,6 +70,14 @@ def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
     assert len(records) == 1 and records[0]["steps"] == 12 and records[0]["protocol"] == "atm+overrides"
     assert "| libero_spatial | 0 | " in (out / "eval" / "report.md").read_text()
     assert (out / "recipe.yaml").is_file()
+    # the failure diagnostics run on the trained planner: eval-tracks uses the text encoder it was trained with
+    tracks = subprocess.run(
+        [sys.executable, "-m", "zipmo_robot", "eval-tracks", str(data / "pre"), "--checkpoint", str(out / "planner"),
+         "--split", "all", "--k", "2", "--nfe", "1", "--max-demos", "1", "--stride", "32", "--out", str(tmp_path / "tr")],
+        env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert tracks.returncode == 0, tracks.stderr[-3000:]
+    assert "MeanT" in (tmp_path / "tr" / "tracks_report.md").read_text()
     # a rerun finds every training stage finished and the eval complete: nothing is retrained
     again = _recipe(out, data)
     assert again.returncode == 0, again.stderr[-3000:]
