@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -217,7 +216,7 @@ _ST_DTYPES: dict[str, torch.dtype] = {
 class TensorSource(Protocol):
     """Where weights come from: key names, shapes and dtypes without data (`stand_in`: a meta tensor), and
     values one at a time (`read(key, use)` returns `use(tensor)`; `owned` False: the tensor is a view valid
-    only inside `use`, so `use` must copy what it keeps)."""
+    only inside `use`, so `use` must copy what it keeps; True: it may be kept as it is)."""
 
     what: str
     owned: bool
@@ -254,16 +253,18 @@ class StateDictSource:
 
 
 class SafetensorsFile:
-    """A .safetensors file as a `TensorSource`: names, shapes and dtypes come from its header (no tensor
-    data is read); each tensor is read through its own short-lived `safe_open` handle.
+    """A .safetensors file as a `TensorSource`: names, shapes and dtypes come from its header (validated
+    by `safe_open`; no tensor data is read); each tensor is read straight from the file into its own new
+    memory, one at a time, when a loader asks for it.
 
-    Why one handle per tensor: `safe_open` maps the whole file and hands out views of that mapping; every
-    page read stays resident until the handle is closed, so reading a file through one handle holds all of
-    it beside the model (peak 2x the model). Closing after each tensor bounds the extra to one tensor.
-    A damaged, truncated or unreadable file raises `UserError` naming it and `fix`.
+    Why not `safe_open(...).get_tensor`: it hands out views of a map of the whole file, and every page read
+    stays resident until the handle is closed, so reading a file through one handle holds all of it beside
+    the model (peak 2x the model); a handle per tensor bounds that but costs ~4 ms a handle at release size
+    (header parse), 10 s for a policy file. A plain read goes through the page cache, which is not this
+    process's memory. A damaged, truncated or unreadable file raises `UserError` naming it and `fix`.
     """
 
-    owned = False
+    owned = True  # every read is a new tensor
 
     def __init__(
         self,
@@ -271,36 +272,66 @@ class SafetensorsFile:
         what: str | None = None,
         fix: str = "re-download it (zipmo-robot download ...)",
     ) -> None:
+        from safetensors import SafetensorError, safe_open
+
         self.path = os.fspath(path)
         self.what = what or f"checkpoint {self.path!r}"
         self.fix = fix
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
-        with self._open() as f:
-            for key in f.keys():
-                header = f.get_slice(key)  # the header entry only: no tensor data
-                self.shapes[key] = tuple(header.get_shape())
-                self.dtypes[key] = header.get_dtype()
+        try:
+            with safe_open(self.path, framework="pt", device="cpu") as f:  # checks header, offsets, size
+                for key in f.keys():
+                    header = f.get_slice(key)  # the header entry only: no tensor data
+                    self.shapes[key] = tuple(header.get_shape())
+                    self.dtypes[key] = header.get_dtype()
+            with open(self.path, "rb") as f:  # the byte ranges: 8-byte little-endian length, JSON header
+                n = int.from_bytes(f.read(8), "little")
+                entries = json.loads(f.read(n))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise self._error(exc) from exc
+        self._ranges = {
+            k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+            for k, v in entries.items()
+            if k in self.shapes
+        }
 
-    def _error(self, exc: BaseException) -> UserError:
+    def _error(self, exc: BaseException | str) -> UserError:
         return UserError(f"cannot read checkpoint {self.path!r}: {exc}; {self.fix}")
 
-    @contextmanager
-    def _open(self) -> Any:
+    def _load(self, key: str) -> torch.Tensor:
+        """Tensor `key` as a new CPU tensor, its bytes read from the file into it (no mapping)."""
+        import sys
+
+        dtype = _ST_DTYPES.get(self.dtypes[key])
+        if dtype is None or sys.byteorder != "little":  # rare dtypes, big-endian hosts: the library's path
+            return self._load_mapped(key)
+        begin, end = self._ranges[key]
+        out = torch.empty(self.shapes[key], dtype=dtype)
+        if out.numel() * out.element_size() != end - begin:
+            raise self._error(f"tensor {key!r} has {end - begin} bytes for shape {list(out.shape)}")
+        if out.numel() == 0:
+            return out
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(begin)
+                done = 0
+                while done < len(view):  # a read may return less than asked (e.g. > 2 GiB)
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise self._error(f"file ends inside tensor {key!r}")
+                    done += got
+        except OSError as exc:
+            raise self._error(exc) from exc
+        return out
+
+    def _load_mapped(self, key: str) -> torch.Tensor:
         from safetensors import SafetensorError, safe_open
 
         try:
-            handle = safe_open(self.path, framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise self._error(exc) from exc
-        with handle as f:
-            yield f
-
-    def _get(self, f: Any, key: str) -> torch.Tensor:
-        from safetensors import SafetensorError
-
-        try:
-            return f.get_tensor(key)
+            with safe_open(self.path, framework="pt", device="cpu") as f:
+                return f.get_tensor(key).clone()  # own memory: the mapping closes with the handle
         except (SafetensorError, OSError, ValueError) as exc:
             raise self._error(exc) from exc
 
@@ -312,18 +343,16 @@ class SafetensorsFile:
         return torch.empty(self.shapes[key], dtype=dtype, device="meta")
 
     def read(self, key: str, use: Callable[[torch.Tensor], _T]) -> _T:
-        with self._open() as f:
-            return use(self._get(f, key))
+        return use(self._load(key))
 
     def equal(self, a: str, b: str) -> bool:
         if self.shapes[a] != self.shapes[b] or self.dtypes[a] != self.dtypes[b]:
             return False
-        with self._open() as f:
-            return torch.equal(self._get(f, a), self._get(f, b))
+        return torch.equal(self._load(a), self._load(b))
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor as an owned CPU tensor (for callers that need a state dict; holds the whole file)."""
-        return {k: self.read(k, lambda t: t.clone()) for k in self.shapes}
+        """Every tensor (for callers that need a state dict; holds the whole file)."""
+        return {k: self._load(k) for k in self.shapes}
 
 
 def as_source(sd: Any, what: str = "state dict") -> TensorSource:
@@ -471,8 +500,7 @@ def model_from_official(
 
 def _assign_loaded(model: nn.Module, source: TensorSource, keys: Mapping[str, str]) -> None:
     """Load a model built on the meta device by taking the source's tensors as its parameters (a state
-    dict's own tensors, no copy; a file's tensors copied out of their mapping one at a time): peak memory
-    is the model plus one tensor. Then fill the buffers checkpoints do not store from each module's
+    dict's own tensors, a file's tensors as read, one at a time; no copy): peak memory is the model. Then fill the buffers checkpoints do not store from each module's
     `nonpersistent_buffers()`. Tensors of another dtype than the model's are cast (as a copying load)."""
     expected = model.state_dict()
 
