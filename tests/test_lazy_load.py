@@ -124,3 +124,34 @@ def test_our_checkpoint_folders_load_lazily(tmp_path: Path) -> None:
     target = convert.build_model("planner_libero_tramoe", source.cfg)
     convert.load_strict(target, lazy, "lazy trained weights")
     _same_state(target, source)
+
+
+def test_bench_load_cli_measures_and_cleans_up(tmp_path: Path) -> None:
+    """`zipmo-robot bench load` at the tiny size through the real CLI: a fresh subprocess loads the synthetic
+    file, reports the model's own bytes and peak RSS, and deletes its files; a `--baseline-tree` that is
+    not a source tree is a UserError."""
+    import json
+    import subprocess
+    import sys
+
+    out, work = tmp_path / "load.json", tmp_path / "work"
+    tree = str(Path(__file__).resolve().parents[1])
+    args = [sys.executable, "-m", "zipmo_robot", "bench", "load", "--size", "tiny", "--threads", "1"]
+    result = subprocess.run(
+        [*args, "--dir", str(work), "--json", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "load peak" in result.stdout and f"report written to {out}" in result.stdout
+    report = json.loads(out.read_text())
+    layout = release_layout("policy_head_atm", "tiny")
+    assert report["settings"]["tensors"] == len(layout)
+    assert [r["tree"] for r in report["results"]] == ["this"]
+    for r in report["results"]:
+        # the shared DINO is stored once in the model, twice in the file
+        assert 0 < r["model_bytes"] < report["settings"]["file_bytes"]
+        assert r["peak_rss"] >= r["start_rss"] > 0 and r["zipmo_robot"] == str(Path(tree) / "zipmo_robot")
+    assert list(work.iterdir()) == []
+    bad = subprocess.run([*args, "--baseline-tree", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a zipmo-robot source tree" in bad.stderr
