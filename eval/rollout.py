@@ -113,15 +113,15 @@ def outcome_settings(cfg: Any) -> dict[str, Any]:
     """The settings that decide episode outcomes (their hash tags every record): protocol, seed, policy.
 
     Not included: worker count, retries, timeouts, videos, output folder, task and episode lists (episodes
-    are keyed by suite, task and index), so a resumed run may add tasks or episodes.
+    are keyed by suite, task and index), so a resumed run may add tasks or episodes. Options at their "off"
+    value that came after a run format (`compile: false`, the exact path) are left out, so runs started
+    before they existed still resume.
     """
     c = _to_container(cfg)
-    return {
-        "protocol": c["protocol"],
-        "seed": c["seed"],
-        "policy": c["policy"],
-        "policy_options": {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None},
-    }
+    options = {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None}
+    if options.get("compile") is False:
+        del options["compile"]
+    return {"protocol": c["protocol"], "seed": c["seed"], "policy": c["policy"], "policy_options": options}
 
 
 def _cells(c: dict[str, Any]) -> list[Any]:

@@ -152,3 +152,15 @@ def test_bad_input_is_a_clear_error(args: list[str], expected: str, tmp_path: Pa
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
     assert not (tmp_path / "x" / "results.jsonl").exists()
+
+
+def test_the_exact_path_keeps_the_settings_hash_of_runs_made_before_compile_existed():
+    """`compile: false` (the default, exact path) is left out of the hash so old runs still resume;
+    `compile: true` changes actions slightly, so it gets its own hash."""
+    from zipmo_robot.eval.rollout import outcome_settings
+
+    base = {"protocol": {"name": "atm"}, "seed": 0, "policy": "zipmo", "policy_options": {"nfe": 5}}
+    old = outcome_settings(base)
+    exact = outcome_settings({**base, "policy_options": {"nfe": 5, "compile": False}})
+    fast = outcome_settings({**base, "policy_options": {"nfe": 5, "compile": True}})
+    assert exact == old and fast != old and fast["policy_options"]["compile"] is True
