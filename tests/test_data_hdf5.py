@@ -163,6 +163,26 @@ def test_windows_interpolate_16_frames_to_64_samples():
     assert pick_tracks(vis, n, np.random.default_rng(0)) is None
 
 
+def test_moving_tracks_are_drawn_at_the_asked_share():
+    from zipmo_robot.data.windows import pick_moving_tracks
+
+    # 100 visible tracks over 8 samples: tracks 0-9 move 5 px (in y), the rest stay; track 99 is hidden
+    window = np.zeros((100, 8, 2), np.float32)
+    window[:10, :, 0] = np.linspace(0, 5 / 64, 8)
+    vis = np.ones(100, bool)
+    vis[99] = False
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        picked = pick_moving_tracks(window, vis, 16, 0.5, 2.0, rng)
+        assert len(set(picked.tolist())) == 16 and 99 not in picked
+        assert (picked < 10).sum() >= 8  # half the draw is movers (plus any the uniform half hits)
+    # fewer movers than asked: all of them, the rest uniform
+    picked = pick_moving_tracks(window, vis, 40, 0.5, 2.0, rng)
+    assert (picked < 10).sum() == 10 and len(set(picked.tolist())) == 40
+    assert (pick_moving_tracks(window, vis, 16, 0.5, 6.0, rng) < 10).sum() < 8  # nothing moves > 6 px
+    assert pick_moving_tracks(window, vis, 100, 0.5, 2.0, rng) is None  # 99 visible
+
+
 def test_ledger_ignores_a_line_cut_by_a_kill_and_the_table_counts_attempts(tmp_path):
     from zipmo_robot.bench.data import collection_table
     from zipmo_robot.data.collect import read_ledger

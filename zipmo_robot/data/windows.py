@@ -54,6 +54,30 @@ def pick_tracks(visible_at_start: np.ndarray, n_tracks: int, rng: np.random.Gene
     return rng.permutation(candidates)[:n_tracks]
 
 
+def pick_moving_tracks(
+    window: np.ndarray,
+    visible_at_start: np.ndarray,
+    n_tracks: int,
+    fraction: float,
+    threshold_px: float,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """Like `pick_tracks`, but about `fraction` of the tracks are moving ones (largest displacement from the
+    start point over the window `(N, T, 2)` yx in [-1, 1] above `threshold_px` pixels of a 128² frame), the rest
+    drawn from all visible tracks; the result is shuffled so the encoded and held-out halves both get movers.
+    In a LIBERO agentview window ~6 % of the tracks move more than 2 px, so a uniform draw of 16 tracks gives
+    the VAE about one moving track to encode."""
+    candidates = np.flatnonzero(visible_at_start)
+    if len(candidates) < n_tracks:
+        return None
+    disp = np.abs(window[candidates] - window[candidates, :1]).max(axis=(1, 2)) * 64.0
+    movers = candidates[disp > threshold_px]
+    k = min(len(movers), int(round(fraction * n_tracks)))
+    first = rng.permutation(movers)[:k]
+    rest = rng.permutation(np.setdiff1d(candidates, first, assume_unique=True))[: n_tracks - k]
+    return rng.permutation(np.concatenate([first, rest]))
+
+
 def action_chunk(actions: np.ndarray, start: int, horizon: int = ACTION_HORIZON) -> np.ndarray:
     """Actions start .. start + horizon - 1 (T, 7) -> (horizon, 7), the last action repeated past the end."""
     return actions[frame_indices(start, actions.shape[0], horizon)]
@@ -74,6 +98,8 @@ class WindowDataset:
         n_tracks: tracks per view and sample (80 = the VAE's 40 encoded + 40 held out).
         stride: keep window starts 0, stride, 2*stride, ... of each demo (1: every frame); behavioural cloning
             on a CPU uses 2-4 so the plan cache (one planner sample per start) stays affordable.
+        moving_fraction / moving_threshold_px: draw about this fraction of each view's tracks from those
+            moving more than the threshold (`pick_moving_tracks`); 0 (default, the release) draws uniformly.
     """
 
     def __init__(
@@ -82,10 +108,13 @@ class WindowDataset:
         cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand"),
         n_tracks: int = 80,
         stride: int = 1,
+        moving_fraction: float = 0.0,
+        moving_threshold_px: float = 2.0,
     ):
         from zipmo_robot.data.preprocess import load_preprocessed
 
         self.cameras, self.n_tracks = cameras, n_tracks
+        self.moving_fraction, self.moving_threshold_px = moving_fraction, moving_threshold_px
         self.demos = [load_preprocessed(f) for f in files]
         self.index: list[tuple[int, int]] = []
         for d, demo in enumerate(self.demos):
@@ -103,7 +132,12 @@ class WindowDataset:
         tracks = []
         for cam in self.cameras:
             window, vis = track_window(demo["tracks"][cam], demo["visible"][cam], start)
-            picked = pick_tracks(vis, self.n_tracks, rng)
+            if self.moving_fraction > 0:
+                picked = pick_moving_tracks(
+                    window, vis, self.n_tracks, self.moving_fraction, self.moving_threshold_px, rng
+                )
+            else:
+                picked = pick_tracks(vis, self.n_tracks, rng)
             tracks.append(window[picked])
         sample = {
             "start_frames": np.stack([demo[keys[c]][start] for c in self.cameras]),

@@ -141,6 +141,7 @@ class TrainData:
         refs: the demos; cameras / n_tracks: as `WindowDataset`.
         text: a `TextTable` (None: no task embeddings, e.g. the VAE stage).
         stride: window starts every `stride` frames (`data.window_stride`).
+        moving_fraction: share of each view's tracks drawn from moving ones (`data.moving_fraction`).
         extras: `(rng, sample) -> dict of arrays`: a stage's per-sample random numbers.
     """
 
@@ -152,11 +153,14 @@ class TrainData:
         text: TextTable | None = None,
         extras: Callable[[np.random.Generator, dict], dict[str, np.ndarray]] | None = None,
         stride: int = 1,
+        moving_fraction: float = 0.0,
     ) -> None:
         from zipmo_robot.data.windows import WindowDataset
 
         self.refs = list(refs)
-        self.windows = WindowDataset([str(r.path) for r in self.refs], tuple(cameras), n_tracks, stride)
+        self.windows = WindowDataset(
+            [str(r.path) for r in self.refs], tuple(cameras), n_tracks, stride, moving_fraction
+        )
         if len(self.windows) == 0:
             raise UserError(
                 f"no training windows: no frame of the {len(self.refs)} demos has {n_tracks} visible tracks "
