@@ -86,7 +86,10 @@ def test_validate_equals_the_trainers_validation(data, runs, tmp_path):
     for k in ("val/epe_px128", "val/epe_px128_heldout", "val/recon_px128", "val/pck_mean", "val/pck@4px"):
         assert k in vae
     assert 0 <= vae["val/pck_mean"] <= 1 and vae["val/epe_px128"] > 0
+    # the demo's arm moves: the moving-track error and its no-motion baseline are reported (> 2 px by definition)
+    assert vae["val/epe_px128_moving"] > 0 and vae["val/epe_px128_moving_static"] > 0
     assert "val/loss" in records[1]["metrics"] and records[2]["plans"]["source"] == "online"
+    assert records[2]["metrics"]["val/mse_other_plan"] > 0  # how much the head uses the plan
 
 
 @pytest.mark.usefixtures("one_thread")
