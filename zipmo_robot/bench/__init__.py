@@ -39,53 +39,56 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+def _sub(help: str, module: str, stem: str) -> SubBenchmark:
+    """The entry of a module that defines `<stem>_arguments`, `run_<stem>` and `format_<stem>`."""
+    return SubBenchmark(
+        help=help,
+        add_arguments=_lazy(module, f"{stem}_arguments"),
+        run=_lazy(module, f"run_{stem}"),
+        format=_lazy(module, f"format_{stem}"),
+    )
+
+
 # Registry: name -> sub-benchmark (explicit; add an entry per sub-benchmark)
 SUB_BENCHMARKS: dict[str, SubBenchmark] = {
-    "planner": SubBenchmark(
-        help="LIBERO planner with random weights: conditioning, Euler step, replan, memory, FLOPs",
-        add_arguments=_lazy("planner", "planner_arguments"),
-        run=_lazy("planner", "run_planner"),
-        format=_lazy("planner", "format_planner"),
+    "planner": _sub(
+        "LIBERO planner with random weights: conditioning, Euler step, replan, memory, FLOPs",
+        "planner",
+        "planner",
     ),
-    "agent": SubBenchmark(
-        help="ZipMo agent (planner replan + head) with random weights: ms per control step by stage, sizes, "
+    "agent": _sub(
+        "ZipMo agent (planner replan + head) with random weights: ms per control step by stage, sizes, "
         "batch 1/10, projected hours per suite",
-        add_arguments=_lazy("agent", "agent_arguments"),
-        run=_lazy("agent", "run_agent"),
-        format=_lazy("agent", "format_agent"),
+        "agent",
+        "agent",
     ),
-    "data": SubBenchmark(
-        help="LIBERO data pipeline, one worker: raw rendered step rate, state-only expert demos/min, one-pass "
+    "data": _sub(
+        "LIBERO data pipeline, one worker: raw rendered step rate, state-only expert demos/min, one-pass "
         "render + exact tracks, preprocess by replay, projected hours per suite; --table DIR: collect table",
-        add_arguments=_lazy("data", "data_arguments"),
-        run=_lazy("data", "run_data"),
-        format=_lazy("data", "format_data"),
+        "data",
+        "data",
     ),
-    "env": SubBenchmark(
-        help="LIBERO env: construction, soft/hard reset, memory per env process, steps/s per image size, "
+    "env": _sub(
+        "LIBERO env: construction, soft/hard reset, memory per env process, steps/s per image size, "
         "numba JIT cost (one fresh process per measurement)",
-        add_arguments=_lazy("env", "env_arguments"),
-        run=_lazy("env", "run_env"),
-        format=_lazy("env", "format_env"),
+        "env",
+        "env",
     ),
-    "runner": SubBenchmark(
-        help="vector runner vs raw LiberoEnv loop: env steps/s with 1 and 2 processes, runner overhead",
-        add_arguments=_lazy("runner", "runner_arguments"),
-        run=_lazy("runner", "run_runner"),
-        format=_lazy("runner", "format_runner"),
+    "runner": _sub(
+        "vector runner vs raw LiberoEnv loop: env steps/s with 1 and 2 processes, runner overhead",
+        "runner",
+        "runner",
     ),
-    "load": SubBenchmark(
-        help="peak RSS while loading a synthetic released-layout checkpoint (fresh subprocess) vs the model's "
+    "load": _sub(
+        "peak RSS while loading a synthetic released-layout checkpoint (fresh subprocess) vs the model's "
         "own bytes + one tensor; --baseline-tree DIR compares another source tree in the same run",
-        add_arguments=_lazy("load", "load_arguments"),
-        run=_lazy("load", "run_load"),
-        format=_lazy("load", "format_load"),
+        "load",
+        "load",
     ),
-    "train": SubBenchmark(
-        help="training: samples/s per stage (1 and 2 DDP processes) with --data, plan-cache build and BC "
+    "train": _sub(
+        "training: samples/s per stage (1 and 2 DDP processes) with --data, plan-cache build and BC "
         "speed-up; --flops: release-size training FLOPs per sample and a GPU-hours projection",
-        add_arguments=_lazy("training.bench", "train_arguments"),
-        run=_lazy("training.bench", "run_train"),
-        format=_lazy("training.bench", "format_train"),
+        "training.bench",
+        "train",
     ),
 }
