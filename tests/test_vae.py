@@ -106,3 +106,26 @@ def test_image_encoder_input_checks(vae):
         vae.embed_frame(torch.full((1, 8, 8, 3), 2.0))
     with pytest.raises(ValueError, match="channel-last"):
         vae.embed_frame(torch.zeros(1, 3, 8, 8))
+
+
+def test_residual_decoding_offsets_the_start_point(vae):
+    """`residual=True` (the CPU recipe's VAE) adds each query's start point to the decoder's output: the same
+    weights give the absolute output plus the query, and a zeroed output layer predicts 'no motion'."""
+    from dataclasses import replace
+
+    res = TrajectoryVAE(replace(vae.cfg, residual=True)).eval()
+    res.load_state_dict(vae.state_dict())
+    _, frame = _data()
+    latents = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3))
+    queries = torch.rand(2, 7, 2, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            res.decode(latents, queries, 4, frame),
+            vae.decode(latents, queries, 4, frame) + queries[:, :, None, :],
+            rtol=0,
+            atol=1e-6,
+        )
+        res.decoder.trajs_out[-1].weight.zero_()
+        res.decoder.trajs_out[-1].bias.zero_()
+        static = res.decode(latents, queries, 4, frame)
+    assert torch.equal(static, queries[:, :, None, :].expand(-1, -1, 4, -1))

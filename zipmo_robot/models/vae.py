@@ -38,6 +38,10 @@ class VAEConfig:
         dino: the VAE's own image encoder; its `embed_dim` is the cross-attention width.
         with_image_encoder: False when a planner shares its DINO copy with the VAE (then `decode` needs
             `start_emb`); the converter sets this when the two copies in a checkpoint are identical (Q20).
+        residual: not in the official model (False there, and for every released file): the decoder's
+            output is an offset added to the query's start point, so an untrained decoder already predicts
+            "no motion" and training spends its steps on motion. The CPU recipe sets it: its small,
+            briefly trained VAEs never got below the no-motion error with absolute outputs (README).
     """
 
     d_model: int = 768
@@ -51,6 +55,7 @@ class VAEConfig:
     kl_weight: float = 1e-7
     dino: DinoConfig = field(default_factory=DinoConfig)
     with_image_encoder: bool = True
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dino, dict):
@@ -140,6 +145,7 @@ class TrajRegressorDecoderMAE(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         d = cfg.d_model
+        self.residual = cfg.residual
         self.decode_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.register_buffer("pos_cross", _image_pos(cfg.dino.grid, -1.0))
         self.backbone = _layers(cfg, cfg.dec_depth)
@@ -155,7 +161,7 @@ class TrajRegressorDecoderMAE(nn.Module):
         latent_pos: torch.Tensor,
     ) -> torch.Tensor:
         """latents (B, L, C), query_pos (B, Nq, 2), start_emb (B, L_img, d_cross), latent_pos (B, L, 3)
-        -> absolute tracks (B, Nq, T, 2) yx."""
+        -> absolute tracks (B, Nq, T, 2) yx (with `residual`, the output offset plus the start point)."""
         B, Nq, _ = query_pos.shape
         T = points_per_track
         n_lat = latents.shape[1]
@@ -163,7 +169,8 @@ class TrajRegressorDecoderMAE(nn.Module):
         x = torch.cat([lat, self.decode_token.expand(B, Nq * T, -1)], dim=1)
         pos = torch.cat([latent_pos, _track_pos(query_pos, T)], dim=1)
         h = self.backbone(x, pos, start_emb, self.pos_cross.expand(B, -1, -1))
-        return self.trajs_out(h[:, n_lat:]).reshape(B, Nq, T, 2)
+        out = self.trajs_out(h[:, n_lat:]).reshape(B, Nq, T, 2)
+        return out + query_pos[:, :, None, :] if self.residual else out
 
     def forward(
         self, latents: torch.Tensor, tracks: torch.Tensor, latent_pos: torch.Tensor, start_emb: torch.Tensor
