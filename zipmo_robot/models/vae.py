@@ -39,8 +39,8 @@ class VAEConfig:
         with_image_encoder: False when a planner shares its DINO copy with the VAE (then `decode` needs
             `start_emb`); the converter sets this when the two copies in a checkpoint are identical (Q20).
         residual: not in the official model (False there, and for every released file): the decoder's
-            output is an offset added to the query's start point, so an untrained decoder already predicts
-            "no motion" and training spends its steps on motion. The CPU recipe sets it: its small,
+            output is an offset added to the query's start point, so an untrained decoder (small random
+            offsets) starts near "no motion" and training spends its steps on motion. The CPU recipe sets it: its small,
             briefly trained VAEs never got below the no-motion error with absolute outputs (README).
     """
 
