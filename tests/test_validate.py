@@ -89,6 +89,9 @@ def test_validate_equals_the_trainers_validation(data, runs, tmp_path):
     # the demo's arm moves: the moving-track error and its no-motion baseline are reported (> 2 px by definition)
     assert vae["val/epe_px128_moving"] > 0 and vae["val/epe_px128_moving_static"] > 0
     assert "val/loss" in records[1]["metrics"] and records[2]["plans"]["source"] == "online"
+    planner = records[1]["metrics"]
+    # one demo: every row's "other" sentence is its own, so the same rows give exactly the same loss
+    assert planner["val/loss_other_text"] == planner["val/loss_text"] > 0
     assert records[2]["metrics"]["val/mse_other_plan"] > 0  # how much the head uses the plan
 
 

@@ -410,6 +410,20 @@ class PlannerStage(Stage):
             out["frame_noise"] = rng.standard_normal(sample["start_frames"].shape, dtype=np.float32)
         return out
 
+    def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The flow loss, plus `loss_text` / `loss_other_text`: the loss of the same rows (same t, noise,
+        frames) with every row's own task sentence and with the next row's (usually another task), no text
+        dropout. Equal values mean the planner ignores the sentence, so its plans cannot tell the head which
+        task it is doing (the head sees nothing else of the task)."""
+        metrics = super().validate(batch)
+        if batch["txt_emb"].shape[0] > 1:
+            keep = dict(batch, drop_text=torch.zeros_like(batch["drop_text"]))
+            other = dict(keep, txt_emb=batch["txt_emb"].roll(1, 0))
+            with torch.no_grad():
+                metrics["loss_text"] = float(self.loss_module(keep)[0])
+                metrics["loss_other_text"] = float(self.loss_module(other)[0])
+        return metrics
+
     def checkpoint(self, ema_sd: dict | None) -> tuple[str, dict, dict | None, dict]:
         c = self.planner.cfg
         meta = {

@@ -10,8 +10,10 @@ the checkpoint); a moved folder is given as an override (`planner.vae=DIR`).
 
 Metrics (keys as the trainer logs them in `metrics.jsonl`): VAE: loss terms, `val/recon_px128`,
 `val/epe_px128`, `val/epe_px128_heldout`, `val/pck@*px`, `val/pck_mean`; planner: `val/loss` (flow
-matching), `val/x0_std`; policy: `val/loss` (the head's 0.99-discounted BC loss), `val/mse`, `val/mse_other_plan` (each row given another row's plan: how much the head uses the plan), on plans sampled
-by the run's frozen planner with the agent's sampler (per-sample seeds of the fixed batches; no plan cache).
+matching), `val/x0_std`, `val/loss_text` vs `val/loss_other_text` (each row given another row's task
+sentence: how much the planner uses the text); policy: `val/loss` (the head's 0.99-discounted BC loss),
+`val/mse`, `val/mse_other_plan` (each row given another row's plan: how much the head uses the plan), on
+plans sampled by the run's frozen planner with the agent's sampler (per-sample seeds of the fixed batches; no plan cache).
 """
 
 from __future__ import annotations
