@@ -35,6 +35,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("libero_object", "Object"),
 )
 
+# tasks per suite in LIBERO's benchmark; a suite cell over fewer tasks says so (it is not the suite's rate)
+SUITE_TASKS: dict[str, int] = {"libero_10": 10, "libero_90": 90, "libero_spatial": 10, "libero_goal": 10,
+                               "libero_object": 10}  # fmt: skip
+
 # PROTOCOLS.md §6.1/§6.2 (ZipMo Table 2 and supplement Table F), success rates in %: (mean, std or None);
 # None = "-" (not evaluated). Shown beside runs of the matching preset only.
 _ZIPMO_ATM = {"libero_10": (66.3, 4.0), "libero_90": (62.3, 0.4), "libero_spatial": (91.3, 0.6),
@@ -212,12 +216,18 @@ def table2_markdown(label: str, s: dict[str, Any], published: list[tuple[str, di
     """The Table 2 layout: one row per source, columns 10 / 90 / Spatial / Goal / Object / Avg."""
     head = "| Model | " + " | ".join(c for _, c in COLUMNS) + " | Avg. |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    cells = [
-        _pct(s["suites"][k]["mean"], s["suites"][k]["std"]) if k in s["suites"] else "–" for k, _ in COLUMNS
-    ]
-    lines.append(
-        f"| **ours** ({label}) | " + " | ".join(cells) + f" | {_pct(s['avg']['mean'], s['avg']['std'])} |"
-    )
+
+    def cell(k: str) -> str:
+        if k not in s["suites"]:
+            return "–"
+        v = s["suites"][k]
+        part = f" ({v['tasks']} of {SUITE_TASKS[k]} tasks)" if v["tasks"] < SUITE_TASKS.get(k, 0) else ""
+        return _pct(v["mean"], v["std"]) + part
+
+    cells = [cell(k) for k, _ in COLUMNS]
+    partial = any("tasks)" in c for c in cells)
+    avg = _pct(s["avg"]["mean"], s["avg"]["std"]) + (" (partial suites)" if partial else "")
+    lines.append(f"| **ours** ({label}) | " + " | ".join(cells) + f" | {avg} |")
     ci = [_ci(s["suites"][k]["wilson"]) if k in s["suites"] else "–" for k, _ in COLUMNS]
     lines.append("| ours: 95 % Wilson, pooled | " + " | ".join(ci) + f" | {_ci(s['avg']['wilson'])} |")
     n = [f"{s['suites'][k]['episodes']} ({s['suites'][k]['errors']} err)" if k in s["suites"] else "–"

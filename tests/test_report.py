@@ -89,7 +89,16 @@ def test_table_from_jsonl_matches_hand_computed_rates(tmp_path: Path) -> None:
     header = md.splitlines()[0]
     assert header == "| Model | 10 | 90 | Spatial | Goal | Object | Avg. |"
     ours = md.splitlines()[2].split("|")
-    assert ours[2].strip() == "75.0 ± 35.4" and ours[3].strip() == "–" and ours[5].strip() == "50.0 ± 0.0"
+    # 1 of libero_10's 10 tasks and 2 of libero_goal's: the cells say they are not the suites' rates
+    assert ours[2].strip() == "75.0 ± 35.4 (1 of 10 tasks)" and ours[3].strip() == "–"
+    assert (
+        ours[5].strip() == "50.0 ± 0.0 (2 of 10 tasks)" and ours[7].strip() == "62.5 ± 17.7 (partial suites)"
+    )
+    full = [_rec("libero_object", t, 0, 0, "success" if t < 3 else "failure") for t in range(10)]
+    _write(tmp_path / "full" / "results.jsonl", full)
+    s_full = tables.summarize_run(tables.load_run([tmp_path / "full"]), errors_as_failures=False)
+    row = tables.table2_markdown("atm", s_full, []).splitlines()[2].split("|")
+    assert row[6].strip() == "30.0" and row[7].strip() == "30.0"  # all 10 tasks: a plain suite rate
     assert "| ATM (ZipMo Table 2) | 39.3 | 48.4 | 68.5 | 77.8 | 68.0 | 60.4 |" in md
 
 
