@@ -83,11 +83,38 @@ def bundled_path(name: str) -> Path:
     return bundled_root() / name
 
 
+def bundled_scope(name: str) -> str:
+    """What `bundled:NAME` was trained on, from its training config: 'libero_spatial' or 'libero_spatial
+    task 0 only' (a single-task head is evaluated on its task; it is not a suite policy)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(bundled_root() / name / "config.yaml").data
+    suites = " + ".join(data.suites)
+    tasks = data.get("tasks")
+    if tasks is None:
+        return suites
+    return f"{suites} task{'s' if len(tasks) > 1 else ''} {', '.join(map(str, tasks))} only"
+
+
+def bundled_result(name: str) -> str:
+    """The shipped evaluation in one phrase, e.g. '4/10 episodes succeeded (atm)'; '' when none ships."""
+    path = bundled_root() / name / "eval_results.jsonl"
+    if not path.is_file():
+        return ""
+    from zipmo_robot.eval.reports import latest_records, read_results
+
+    records = list(latest_records(read_results(path)).values())
+    wins = sum(r.get("status") == "success" for r in records)
+    protocols = ", ".join(sorted({str(r.get("protocol")) for r in records}))
+    return f"{wins}/{len(records)} episodes succeeded ({protocols})"
+
+
 def weight_free_hint() -> str:
     """How to try the stack without downloading weights (for the offline error messages)."""
     ways = [
-        f"--checkpoint bundled:{n} (a small ZipMo policy trained with this stack's CPU recipe, shipped with the "
-        f"package; its evaluation is {bundled_root() / n / 'eval_report.md'})"
+        f"--checkpoint bundled:{n} (a small ZipMo policy trained with this stack's CPU recipe on "
+        f"{bundled_scope(n)}, shipped with the package; its evaluation, {bundled_result(n)}, is "
+        f"{bundled_root() / n / 'eval_report.md'})"
         for n in bundled_names()
     ]
     ways += ["--policy scripted (the privileged pick-and-place expert, no weights)"]
