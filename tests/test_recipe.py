@@ -134,3 +134,22 @@ def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
     row = [RowInfo(0, "libero_spatial", 0, "pick up the black bowl", 0, 0, 7, 0, env_seed=0)]
     a, b = agent.act(obs, row), orig.act(obs, row)
     assert np.isfinite(a).all() and np.abs(a - b).max() < 0.05 * (np.abs(b).max() + 1e-3)
+
+
+def test_single_task_variant_changes_only_the_head_and_its_evaluation():
+    """`libero_spatial_task0_cpu` (how `bundled:libero_spatial_task0` was trained) is libero_spatial_cpu with
+    BC on task 0's training demos and the ATM evaluation of task 0: the same demos, VAE and planner."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from zipmo_robot.training.recipe import compose_recipe
+
+    full, one = compose_recipe("libero_spatial_cpu"), compose_recipe("libero_spatial_task0_cpu")
+    for key in ("suite", "data", "nproc", "threads", "common", "vae", "planner"):
+        assert one[key] == full[key], key
+    assert (one.eval.protocol, list(one.eval.tasks), one.eval.episodes) == ("atm", [0], 10)
+    assert list(one.eval.flags) == list(full.eval.flags)
+    policy = {
+        o.key_or_group: o.value()
+        for o in OverridesParser.create().parse_overrides(list(one.policy.overrides))
+    }
+    assert policy["data.tasks"] == [0] and policy["data.split"] == "train"
