@@ -223,6 +223,34 @@ def test_plan_cache_holds_the_agent_samplers_plans_and_resumes(data, runs, tmp_p
     assert other.dir != again.dir and other.missing() == list(range(other.n_chunks))
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_head_on_true_latents_gets_the_planners_targets_and_trains(data, runs, tmp_path):
+    """`policy.plans=vae` (the diagnostic upper bound): the head's latents are exactly the normalised VAE
+    posterior means the planner was trained to produce for the window's tracks, and no plan cache is built."""
+    from zipmo_robot.checkpoints import trained
+    from zipmo_robot.training.data import TrainData, find_demos
+    from zipmo_robot.training.stages import frames_to_float
+
+    stage = _stage("policy", f"policy.planner={runs['planner']}", "policy.plans=vae")
+    refs = find_demos(data, ["libero_spatial"], "demos")
+    d = TrainData(refs, ["agentview", "robot0_eye_in_hand"], 16, stage.text, stage.extras)
+    raw = d.batch(0, 0, 3)
+    got = stage.prepare(raw)["latents"]
+    p = stage.planner
+    assert got.shape == (3, *p.latent_shape)
+    for v in range(2):  # view v's 256 tokens from its 8 encoded tracks and its own start frame
+        frames = frames_to_float(raw["start_frames"][:, v])
+        want = p.encode_targets(raw["tracks"][:, v, :8], frames, None)
+        torch.testing.assert_close(got[:, v * 256 : (v + 1) * 256], want)
+    out = tmp_path / "policy_vae"
+    _train("policy", data, out, "--planner", str(runs["planner"]), "--steps", "2", "--batch-size", "2",
+           "policy.plans=vae")  # fmt: skip
+    assert trained.read_meta(out)["plans"] == "vae" and not (out / "plan_cache").exists()
+    bad = _run("train", "policy", "--data", str(data), "--out", str(tmp_path / "bad"), *COMMON,
+               "--planner", str(runs["planner"]), "policy.plans=oracle")  # fmt: skip
+    assert bad.returncode != 0 and "policy.plans='oracle' is not one of" in bad.stderr
+
+
 def test_trained_policy_steps_a_real_env_through_rollout(runs, tmp_path):
     out = tmp_path / "rollout"
     proc = _run("rollout", "--policy", "zipmo", "--checkpoint", str(runs["policy"]), "--suite", "libero_spatial",

@@ -122,6 +122,10 @@ class PolicyStageSchema:
 
     planner: str | None = None
     init: str | None = None
+    # where the head's latents come from: `planner` (its samples, §6.3) or `vae`: the frozen VAE's posterior
+    # means of each window's true tracks, normalised as the planner's targets (what a perfect planner would
+    # give; a diagnostic: a head that gains nothing from them says the VAE's latents hold no action information)
+    plans: str = "planner"
     nfe: int = PolicyConfig.nfe
     plan_precision: str = PolicyConfig.precision
     plan_cache: PlanCacheSchema = field(default_factory=PlanCacheSchema)

@@ -492,6 +492,10 @@ class PolicyStage(Stage):
         pc = cfg.policy
         if pc.planner is None:
             raise UserError("the policy stage needs policy.planner=<planner checkpoint folder>")
+        if pc.plans not in ("planner", "vae"):
+            raise UserError(
+                f"policy.plans={pc.plans!r} is not one of planner (its samples), vae (true latents)"
+            )
         planner, pmeta = trained.load_planner(pc.planner, weights="auto")
         if planner.cfg.use_step_token and len(cfg.data.suites) != 1:
             raise UserError(
@@ -536,7 +540,16 @@ class PolicyStage(Stage):
                 self.device, torch.float32
             ),
         }
-        if self.cache is not None:
+        if self.cfg.policy.plans == "vae":
+            tracks = batch["tracks"].to(self.device)  # (B, V, n, T, 2)
+            B, V, n = tracks.shape[:3]
+            frames = frames_to_float(batch["start_frames"].to(self.device))
+            with torch.no_grad():
+                x0 = self.planner.encode_targets(
+                    tracks[:, :, : n // 2].flatten(0, 1), frames.flatten(0, 1), None
+                )
+            out["latents"] = x0.reshape(B, V * x0.shape[1], -1).float()  # (B, V*L, C), as the planner's
+        elif self.cache is not None:
             out["latents"] = self.cache.get(batch["index"], batch["plan_k"]).to(self.device, torch.float32)
         else:
             out["latents"] = plan(
@@ -585,6 +598,7 @@ class PolicyStage(Stage):
             "plan_precision": self.cfg.policy.plan_precision,
             "sources": self.sources,
             "data_split": self.cfg.data.split,
+            "plans": self.cfg.policy.plans,
         }
         from zipmo_robot.checkpoints.convert import head_kind
 

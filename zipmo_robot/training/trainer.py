@@ -237,7 +237,7 @@ def train(cfg: Any, out: str | os.PathLike, resume: bool = False) -> dict[str, A
             f"{dist.world} process(es) on {device}; text encoder {stage.text.choice if stage.text else '-'}"
         )
 
-        if cfg.stage == "policy" and cfg.policy.plan_cache.enabled:
+        if cfg.stage == "policy" and cfg.policy.plan_cache.enabled and cfg.policy.plans == "planner":
             _attach_plan_cache(cfg, stage, data, out, dist, log)
 
         params = [p for p in stage.trainable.parameters() if p.requires_grad]
