@@ -8,6 +8,11 @@ seed under every other task's sentence (own frames); and with every other task's
 Prints the mean RMS between seeds, between sentences and between frames. A planner whose plan tells the head
 the task moves it between tasks (by sentence or by frames) clearly more than between seeds.
 `zipmo-robot validate RUN/planner` (`val/loss_text` vs `val/loss_other_text`) asks it of the flow loss.
+
+`--targets`: also the planner's *targets* (normalised VAE posterior means) of 24 val windows encoded from two
+independent draws of their tracks, at the run's `data.n_tracks` (half encoded) and at each `--targets` count:
+the RMS between draws of one window against the RMS between windows. When the draw decides most of a target,
+the planner cannot predict it from frames and sentence and learns the marginal (README, round 5).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ def main() -> None:
     p.add_argument("--data", help="preprocessed demos (default: the run's data.root)")
     p.add_argument("--demos", type=int, default=10, help="val demos to use (their first windows)")
     p.add_argument("--nfe", type=int, default=5, help="Euler steps per plan")
+    p.add_argument("--targets", type=int, nargs="*", help="also the targets' draw spread at these n_tracks")
+    p.add_argument("--no-plans", action="store_true", help="only the targets")
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg, meta = load_run_config(args.planner)
@@ -63,6 +70,10 @@ def main() -> None:
     def rms(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x - y).pow(2).mean().sqrt())
 
+    if args.targets is not None:
+        target_spread(stage.planner, val, [int(cfg.data.n_tracks), *args.targets])
+    if args.no_plans:
+        return
     rows = []
     for i in list(first.values())[: args.demos]:
         frames, own, t = val.frame_inputs(i)
@@ -77,6 +88,35 @@ def main() -> None:
         f"{len(rows)} val demos, RMS of normalised plans: "
         + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
     )
+
+
+def target_spread(planner: torch.nn.Module, val: object, counts: list[int], n_windows: int = 24) -> None:
+    """RMS of the planner's targets between two track draws of one window and between windows."""
+    idx = np.random.default_rng(0).choice(len(val), n_windows, replace=False)
+    n_tracks = val.windows.n_tracks
+    for n in counts:
+        val.windows.n_tracks = n
+
+        def target(i: int, seed: int, n: int = n) -> torch.Tensor:
+            s = val.windows.get(int(i), np.random.default_rng(seed))
+            tracks = torch.from_numpy(s["tracks"])  # (V, n, T, 2)
+            frames = frames_to_float(torch.from_numpy(s["start_frames"]))
+            return planner.encode_targets(tracks[:, : n // 2], frames, None)  # (V, L, C)
+
+        a = torch.stack([target(i, 1) for i in idx])
+        b = torch.stack([target(i, 2) for i in idx])
+        same = float((a - b).pow(2).mean().sqrt())
+        other = float((a - a.roll(1, 0)).pow(2).mean().sqrt())
+        print(
+            json.dumps(
+                {
+                    "encoded_tracks": n // 2,
+                    "between_draws": round(same, 3),
+                    "between_windows": round(other, 3),
+                }
+            )
+        )
+    val.windows.n_tracks = n_tracks
 
 
 if __name__ == "__main__":
