@@ -23,10 +23,9 @@ import json
 import numpy as np
 import torch
 
-from zipmo_robot.checkpoints import trained
 from zipmo_robot.training import trainer
 from zipmo_robot.training.stages import frames_to_float, plan
-from zipmo_robot.training.validation import load_run_config
+from zipmo_robot.training.validation import load_trained_planner_stage
 
 KEYS = ("between_seeds", "between_sentences", "between_frames")
 
@@ -41,16 +40,7 @@ def main() -> None:
     p.add_argument("--no-plans", action="store_true", help="only the targets")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cfg, meta = load_run_config(args.planner)
-    if cfg.stage != "planner":
-        raise SystemExit(f"{args.planner} is a {cfg.stage} run; give a planner run")
-    if args.data:
-        cfg.data.root = args.data
-    cfg.planner.init = None
-    cfg.text_encoder = (meta.get("text_encoder") or {}).get("kind", cfg.text_encoder)
-    stage, _ = trainer.build_stage(cfg, torch.device("cpu"), lambda *a, **k: None)
-    stage.load_trained(trained.read_weights(meta["path"], trained._pick(meta, "auto")), str(meta["path"]))
-    stage.planner.eval()
+    stage, cfg = load_trained_planner_stage(args.planner, args.data)
     val = trainer.stage_data(cfg, stage, "val")
     first: dict[int, int] = {}  # demo -> its first window
     for i, (d, start) in enumerate(val.windows.index):

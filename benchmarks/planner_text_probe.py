@@ -19,10 +19,9 @@ import time
 import numpy as np
 import torch
 
-from zipmo_robot.checkpoints import trained
 from zipmo_robot.training import trainer
 from zipmo_robot.training.data import collate
-from zipmo_robot.training.validation import load_run_config
+from zipmo_robot.training.validation import load_trained_planner_stage
 
 
 def main() -> None:
@@ -32,12 +31,9 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="start from the planner's init, not its weights")
     args = p.parse_args()
     torch.set_num_threads(2)
-    cfg, meta = load_run_config(args.planner)
-    cfg.planner.init = None
-    cfg.text_encoder = (meta.get("text_encoder") or {}).get("kind", cfg.text_encoder)
-    stage, _ = trainer.build_stage(cfg, torch.device("cpu"), lambda *a, **k: None)
-    if not args.fresh:
-        stage.load_trained(trained.read_weights(meta["path"], trained._pick(meta, "auto")), str(meta["path"]))
+    stage, cfg = load_trained_planner_stage(args.planner, weights=not args.fresh)
+    stage.planner.train()  # as the training stage runs it: the frozen VAE stays in eval mode
+    stage.planner.vae.eval()
     data = trainer.stage_data(cfg, stage, "train")
     by_task: dict[str, int] = {}
     for i, (d, start) in enumerate(data.windows.index):

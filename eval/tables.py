@@ -217,15 +217,16 @@ def table2_markdown(label: str, s: dict[str, Any], published: list[tuple[str, di
     head = "| Model | " + " | ".join(c for _, c in COLUMNS) + " | Avg. |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
 
+    partial = {k for k, v in s["suites"].items() if v["tasks"] < SUITE_TASKS.get(k, 0)}
+
     def cell(k: str) -> str:
         if k not in s["suites"]:
             return "–"
         v = s["suites"][k]
-        part = f" ({v['tasks']} of {SUITE_TASKS[k]} tasks)" if v["tasks"] < SUITE_TASKS.get(k, 0) else ""
+        part = f" ({v['tasks']} of {SUITE_TASKS[k]} tasks)" if k in partial else ""
         return _pct(v["mean"], v["std"]) + part
 
     cells = [cell(k) for k, _ in COLUMNS]
-    partial = any("tasks)" in c for c in cells)
     avg = _pct(s["avg"]["mean"], s["avg"]["std"]) + (" (partial suites)" if partial else "")
     lines.append(f"| **ours** ({label}) | " + " | ".join(cells) + f" | {avg} |")
     ci = [_ci(s["suites"][k]["wilson"]) if k in s["suites"] else "–" for k, _ in COLUMNS]

@@ -211,6 +211,16 @@ class VAEStage(Stage):
 # Planner
 
 
+def view_targets(
+    planner: nn.Module, tracks: torch.Tensor, frames: torch.Tensor, feats: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The planner's targets (B, V*L, C), view 0 first: each view's normalised VAE posterior means of its
+    first half of tracks (B, V, n, T, 2) (the encoded half), from its start frames (B, V, H, W, 3) in [-1, 1]."""
+    B, V, n = tracks.shape[:3]
+    x0 = planner.encode_targets(tracks[:, :, : n // 2].flatten(0, 1), frames.flatten(0, 1), feats)
+    return x0.reshape(B, V * x0.shape[1], -1)
+
+
 class PlannerLoss(nn.Module):
     """Flow-matching loss of the LIBERO planner with per-sample random numbers from the batch."""
 
@@ -224,7 +234,6 @@ class PlannerLoss(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.planner
         tracks = batch["tracks"]  # (B, V, n, T, 2)
-        B, V = tracks.shape[:2]
         clean = frames_to_float(batch["start_frames"])  # (B, V, H, W, 3)
         frames = clean
         if self.frame_noise > 0:
@@ -240,10 +249,8 @@ class PlannerLoss(nn.Module):
         drop_f = batch["drop_frame"].to(torch.bool)[:, None, None]
         ex = cond.extra_tokens
         cond.extra_tokens = torch.where(drop_f, p.ca_mask_token.to(ex.dtype).expand_as(ex), ex)
-        n_enc = tracks.shape[2] // 2
         feats = cond.frame_feats if self.frame_noise == 0 else None
-        x0 = p.encode_targets(tracks[:, :, :n_enc].flatten(0, 1), clean.flatten(0, 1), feats)
-        x0 = x0.reshape(B, V * x0.shape[1], -1)  # (B, V*L, C), view 0 first
+        x0 = view_targets(p, tracks, clean, feats)
         t = batch["t"].to(x0.dtype)
         noise = batch["noise"].to(x0.dtype)
         tt = t[:, None, None]
@@ -540,15 +547,9 @@ class PolicyStage(Stage):
                 self.device, torch.float32
             ),
         }
-        if self.cfg.policy.plans == "vae":
-            tracks = batch["tracks"].to(self.device)  # (B, V, n, T, 2)
-            B, V, n = tracks.shape[:3]
+        if self.cfg.policy.plans == "vae":  # the planner's own targets of the true tracks
             frames = frames_to_float(batch["start_frames"].to(self.device))
-            with torch.no_grad():
-                x0 = self.planner.encode_targets(
-                    tracks[:, :, : n // 2].flatten(0, 1), frames.flatten(0, 1), None
-                )
-            out["latents"] = x0.reshape(B, V * x0.shape[1], -1).float()  # (B, V*L, C), as the planner's
+            out["latents"] = view_targets(self.planner, batch["tracks"].to(self.device), frames).float()
         elif self.cache is not None:
             out["latents"] = self.cache.get(batch["index"], batch["plan_k"]).to(self.device, torch.float32)
         else:

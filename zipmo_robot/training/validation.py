@@ -81,6 +81,31 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
     return cfg, meta
 
 
+def load_trained_planner_stage(
+    path: str | os.PathLike, data: str | None = None, weights: bool = True
+) -> tuple[Any, Any]:
+    """(planner stage with the run's saved weights, EMA when saved, in eval mode; its config) of a planner
+    run on CPU, for diagnostics (`benchmarks/planner_*.py`): the run's config, its text encoder, no init.
+    `weights=False` keeps the freshly initialised planner (the run's seed)."""
+    import torch
+
+    from zipmo_robot.checkpoints import trained
+    from zipmo_robot.training import trainer
+
+    cfg, meta = load_run_config(path)
+    if cfg.stage != "planner":
+        raise UserError(f"{path} is a {cfg.stage} run; give a planner run")
+    if data:
+        cfg.data.root = data
+    cfg.planner.init = None
+    cfg.text_encoder = (meta.get("text_encoder") or {}).get("kind", cfg.text_encoder)
+    stage, _ = trainer.build_stage(cfg, torch.device("cpu"), lambda *a, **k: None)
+    if weights:
+        stage.load_trained(trained.read_weights(meta["path"], trained._pick(meta, "auto")), str(meta["path"]))
+    stage.planner.eval()
+    return stage, cfg
+
+
 def _needs_folder(key: str, value: Any, what: str) -> None:
     from zipmo_robot.checkpoints import trained
 
