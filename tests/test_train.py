@@ -251,6 +251,42 @@ def test_head_on_true_latents_gets_the_planners_targets_and_trains(data, runs, t
     assert bad.returncode != 0 and "policy.plans='oracle' is not one of" in bad.stderr
 
 
+def test_grid_track_pick_is_one_even_draw_of_the_latest_query_grid(data, runs, tmp_path):
+    """`data.track_pick=grid`: every draw of a window gives the same tracks (the planner's target is a function
+    of the window), all from the latest query grid at or before the start, both halves spread over that grid;
+    the planner trains with it and a bad value is refused by name."""
+    from zipmo_robot.data.preprocess import load_preprocessed
+    from zipmo_robot.data.windows import WindowDataset, pick_grid_tracks
+    from zipmo_robot.training.data import find_demos
+
+    path = find_demos(data, ["libero_spatial"], "demos")[0].path
+    grid = WindowDataset([path], n_tracks=16, pick="grid")
+    rand = WindowDataset([path], n_tracks=16)
+    i = len(grid) // 2
+    a, b = (grid.get(i, np.random.default_rng(s))["tracks"] for s in (0, 1))
+    np.testing.assert_array_equal(a, b)
+    r0, r1 = (rand.get(i, np.random.default_rng(s))["tracks"] for s in (0, 1))
+    assert not np.array_equal(r0, r1)
+    demo = load_preprocessed(path)
+    for cam in ("agentview", "robot0_eye_in_hand"):
+        query, start = demo["query_frame"][cam], 40
+        cand = demo["visible"][cam][start].astype(bool) & (query <= start)
+        picked = pick_grid_tracks(cand, query, 32)
+        latest = np.flatnonzero(cand & (query == query[cand].max()))
+        assert len(set(picked.tolist())) == 32 and set(picked.tolist()) <= set(latest.tolist())
+        assert query[latest[0]] == 32  # re-queried every 16 frames: the grid of frame 32
+        for half in (picked[:16], picked[16:]):  # each half spans the grid (row-major: top to bottom)
+            pos = np.searchsorted(latest, np.sort(half))
+            assert pos[0] <= 0.1 * len(latest) and pos[-1] >= 0.9 * (len(latest) - 1)
+    out = tmp_path / "planner_grid"
+    _train("planner", data, out, "--vae", str(runs["vae"]), "--steps", "2", "--batch-size", "2",
+           "data.track_pick=grid")  # fmt: skip
+    assert (out / "checkpoint" / "meta.json").exists()
+    bad = _run("train", "planner", "--data", str(data), "--out", str(tmp_path / "bad"), *COMMON,
+               "--vae", str(runs["vae"]), "data.track_pick=nearest")  # fmt: skip
+    assert bad.returncode != 0 and "data.track_pick='nearest' must be 'random' or 'grid'" in bad.stderr
+
+
 def test_trained_policy_steps_a_real_env_through_rollout(runs, tmp_path):
     out = tmp_path / "rollout"
     proc = _run("rollout", "--policy", "zipmo", "--checkpoint", str(runs["policy"]), "--suite", "libero_spatial",

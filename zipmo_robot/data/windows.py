@@ -78,6 +78,27 @@ def pick_moving_tracks(
     return rng.permutation(np.concatenate([first, rest]))
 
 
+def pick_grid_tracks(
+    visible_at_start: np.ndarray, query_frame: np.ndarray, n_tracks: int
+) -> np.ndarray | None:
+    """A deterministic, spatially even draw: `n_tracks` of the visible tracks of the latest query grid (the
+    16x16 grid re-queried every 16 frames, row-major), evenly spaced in grid order, ordered so that each half
+    (the VAE's encoded and held-out halves) is itself evenly spread; all visible tracks when that grid has too
+    few. None if fewer than `n_tracks` are visible.
+
+    A random draw makes the VAE latent of a window depend on which tracks were drawn about half as much as on
+    the window itself (`benchmarks/planner_conditioning.py --targets`); as the planner's targets that draw is
+    noise no observation explains, and a small planner trained on a CPU budget learns the unconditional
+    spread of latents and ignores frames and sentence. With this pick the target is a function of the window."""
+    candidates = np.flatnonzero(visible_at_start)
+    if len(candidates) < n_tracks:
+        return None
+    latest = candidates[query_frame[candidates] == query_frame[candidates].max()]
+    pool = latest if len(latest) >= n_tracks else candidates
+    picked = pool[np.round(np.linspace(0, len(pool) - 1, n_tracks)).astype(np.int64)]
+    return np.concatenate([picked[0::2], picked[1::2]])
+
+
 def action_chunk(actions: np.ndarray, start: int, horizon: int = ACTION_HORIZON) -> np.ndarray:
     """Actions start .. start + horizon - 1 (T, 7) -> (horizon, 7), the last action repeated past the end."""
     return actions[frame_indices(start, actions.shape[0], horizon)]
@@ -100,6 +121,8 @@ class WindowDataset:
             on a CPU uses 2-4 so the plan cache (one planner sample per start) stays affordable.
         moving_fraction / moving_threshold_px: draw about this fraction of each view's tracks from those
             moving more than the threshold (`pick_moving_tracks`); 0 (default, the release) draws uniformly.
+        pick: "random" (default, the release: a fresh draw per sample, `moving_fraction` applies) or "grid"
+            (`pick_grid_tracks`: the same evenly spread tracks of a window every time, `rng` unused).
     """
 
     def __init__(
@@ -110,17 +133,26 @@ class WindowDataset:
         stride: int = 1,
         moving_fraction: float = 0.0,
         moving_threshold_px: float = 2.0,
+        pick: str = "random",
     ):
         from zipmo_robot.data.preprocess import load_preprocessed
 
-        self.cameras, self.n_tracks = cameras, n_tracks
+        if pick not in ("random", "grid"):
+            raise ValueError(f"pick={pick!r}: expected 'random' or 'grid'")
+        self.cameras, self.n_tracks, self.pick = cameras, n_tracks, pick
         self.moving_fraction, self.moving_threshold_px = moving_fraction, moving_threshold_px
         self.demos = [load_preprocessed(f) for f in files]
         self.index: list[tuple[int, int]] = []
         for d, demo in enumerate(self.demos):
             for start in range(0, demo["actions"].shape[0], stride):
-                if all(demo["visible"][c][start].sum() >= n_tracks for c in cameras):
+                if all(self._candidates(demo, c, start).sum() >= n_tracks for c in cameras):
                     self.index.append((d, start))
+
+    def _candidates(self, demo: dict, cam: str, start: int) -> np.ndarray:
+        """(N,) bool: the tracks a sample at `start` may draw: visible then (and, for the grid pick, already
+        queried: a track's visibility is stored for every frame, also before its query frame)."""
+        vis = demo["visible"][cam][start].astype(bool)
+        return vis & (demo["query_frame"][cam] <= start) if self.pick == "grid" else vis
 
     def __len__(self) -> int:
         return len(self.index)
@@ -132,7 +164,11 @@ class WindowDataset:
         tracks = []
         for cam in self.cameras:
             window, vis = track_window(demo["tracks"][cam], demo["visible"][cam], start)
-            if self.moving_fraction > 0:
+            if self.pick == "grid":
+                picked = pick_grid_tracks(
+                    self._candidates(demo, cam, start), demo["query_frame"][cam], self.n_tracks
+                )
+            elif self.moving_fraction > 0:
                 picked = pick_moving_tracks(
                     window, vis, self.n_tracks, self.moving_fraction, self.moving_threshold_px, rng
                 )

@@ -70,6 +70,9 @@ class DataSchema:
     # small VAE trained on uniform draws (agentview: ~6 % movers) decodes moving tracks no better than "no
     # motion"
     moving_fraction: float = 0.0
+    # which tracks of a window: "random" (the release, a new draw each time) or "grid" (the same evenly spread
+    # tracks of the latest query grid every time: the planner's targets become a function of the window)
+    track_pick: str = "random"
     cameras: list[str] = field(default_factory=lambda: ["agentview", "robot0_eye_in_hand"])
 
 
@@ -222,6 +225,8 @@ def check(cfg: Any) -> None:
         problems.append(
             f"data.n_tracks={cfg.data.n_tracks} must be even and >= 2 (half encoded, half held out)"
         )
+    if cfg.data.track_pick not in ("random", "grid"):
+        problems.append(f"data.track_pick={cfg.data.track_pick!r} must be 'random' or 'grid'")
     if not 0.0 <= cfg.data.moving_fraction <= 1.0:
         problems.append(f"data.moving_fraction={cfg.data.moving_fraction} must be in [0, 1]")
     if cfg.data.window_stride < 1:

@@ -142,6 +142,7 @@ class TrainData:
         text: a `TextTable` (None: no task embeddings, e.g. the VAE stage).
         stride: window starts every `stride` frames (`data.window_stride`).
         moving_fraction: share of each view's tracks drawn from moving ones (`data.moving_fraction`).
+        pick: "random" or "grid" (`data.track_pick`, `WindowDataset`).
         extras: `(rng, sample) -> dict of arrays`: a stage's per-sample random numbers.
     """
 
@@ -154,12 +155,13 @@ class TrainData:
         extras: Callable[[np.random.Generator, dict], dict[str, np.ndarray]] | None = None,
         stride: int = 1,
         moving_fraction: float = 0.0,
+        pick: str = "random",
     ) -> None:
         from zipmo_robot.data.windows import WindowDataset
 
         self.refs = list(refs)
         self.windows = WindowDataset(
-            [str(r.path) for r in self.refs], tuple(cameras), n_tracks, stride, moving_fraction
+            [str(r.path) for r in self.refs], tuple(cameras), n_tracks, stride, moving_fraction, pick=pick
         )
         if len(self.windows) == 0:
             raise UserError(

@@ -282,7 +282,7 @@ def latent_stats(
             "--data (data.root), or planner.latent_stats=official to keep the released VAE's constants"
         )
     refs = find_demos(d.root, list(d.suites), d.split, d.tasks, 4)
-    ds = WindowDataset([str(r.path) for r in refs], tuple(d.cameras), int(d.n_tracks), 4)
+    ds = WindowDataset([str(r.path) for r in refs], tuple(d.cameras), int(d.n_tracks), 4, pick=d.track_pick)
     rng = np.random.default_rng(0)
     picks = rng.choice(len(ds), size=min(n_windows, len(ds)), replace=False)
     vae = planner.vae

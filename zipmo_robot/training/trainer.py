@@ -433,7 +433,14 @@ def stage_data(cfg: Any, stage: Any, split: str, max_per_task: int | None = None
     d = cfg.data
     refs = find_demos(d.root, list(d.suites), split, d.tasks, max_per_task)
     return TrainData(
-        refs, list(d.cameras), int(d.n_tracks), stage.text, stage.extras, d.window_stride, d.moving_fraction
+        refs,
+        list(d.cameras),
+        int(d.n_tracks),
+        stage.text,
+        stage.extras,
+        d.window_stride,
+        d.moving_fraction,
+        d.track_pick,
     )
 
 
