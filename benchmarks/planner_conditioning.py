@@ -1,12 +1,14 @@
 """How far the task sentence and the start frames move a trained planner's plan, against how far the noise does.
 
-    python benchmarks/planner_conditioning.py RUN/planner [--data DIR] [--demos 10] [--nfe 5]
+    python benchmarks/planner_conditioning.py RUN/planner [--data DIR] [--demos 10] [--nfe 5] [--cfg-scale 1]
 
 For the first window of each held-out (`val`) demo, samples normalised latents (B, L, C) with the agent's
 sampler (`stages.plan`, fp32) under the demo's own sentence and frames with two noise seeds; with the first
 seed under every other task's sentence (own frames); and with every other task's first frames (own sentence).
 Prints the mean RMS between seeds, between sentences and between frames. A planner whose plan tells the head
-the task moves it between tasks (by sentence or by frames) clearly more than between seeds.
+the task moves it between tasks (by sentence or by frames) clearly more than between seeds. `--cfg-scale`:
+sample with classifier-free guidance on the sentence (the agent's `cfg_scale`, BC's `policy.cfg_scale`), which
+multiplies whatever the sentence does to the velocity.
 `zipmo-robot validate RUN/planner` (`val/loss_text` vs `val/loss_other_text`) asks it of the flow loss.
 
 `--targets`: also the planner's *targets* (normalised VAE posterior means) of 24 val windows encoded from two
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("--data", help="preprocessed demos (default: the run's data.root)")
     p.add_argument("--demos", type=int, default=10, help="val demos to use (their first windows)")
     p.add_argument("--nfe", type=int, default=5, help="Euler steps per plan")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     p.add_argument("--targets", type=int, nargs="*", help="also the targets' draw spread at these n_tracks")
     p.add_argument("--no-plans", action="store_true", help="only the targets")
     args = p.parse_args()
@@ -55,7 +58,7 @@ def main() -> None:
     def sample(frames: np.ndarray, txt: np.ndarray | torch.Tensor, t: int, seed: int) -> torch.Tensor:
         f = frames_to_float(torch.from_numpy(frames)[None])
         txt = torch.as_tensor(txt)[None, None]
-        return plan(stage.planner, f, txt, torch.tensor([t]), [seed], args.nfe, "fp32")
+        return plan(stage.planner, f, txt, torch.tensor([t]), [seed], args.nfe, "fp32", args.cfg_scale)
 
     def rms(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x - y).pow(2).mean().sqrt())

@@ -224,6 +224,45 @@ def test_plan_cache_holds_the_agent_samplers_plans_and_resumes(data, runs, tmp_p
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_guided_plans_are_cached_apart_recorded_and_used_by_the_agent(data, runs, tmp_path):
+    """`policy.cfg_scale`: BC's plans are the agent's sampler with guidance on the sentence (its own cache
+    key), and the trained policy's agent samples the same way unless told otherwise."""
+    from zipmo_robot.policy.factory import make_policy
+
+    from zipmo_robot.checkpoints import trained
+    from zipmo_robot.training.data import TrainData, find_demos
+    from zipmo_robot.training.plan_cache import PlanCache
+    from zipmo_robot.training.stages import frames_to_float, plan
+
+    stage = _stage("policy", f"policy.planner={runs['planner']}")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a 4-step planner's cross-attention outputs are ~0 (zero init): wake them up
+        for block in stage.planner.backbone:
+            w = block.cross_attn.out_proj.weight
+            w.copy_(0.1 * torch.randn(w.shape, generator=gen))
+    refs = find_demos(data, ["libero_spatial"], "demos")
+    d = TrainData(refs, ["agentview", "robot0_eye_in_hand"], 16, stage.text, stage.extras)
+    kw = dict(plans_per_frame=1, nfe=2, precision="fp32", chunk_frames=512, batch=64, dtype="float32")
+    plain = PlanCache(tmp_path, d, stage.planner, "sha", **kw)
+    guided = PlanCache(tmp_path, d, stage.planner, "sha", cfg_scale=4.0, **kw)
+    assert guided.dir != plain.dir and plain.fields.get("cfg_scale") is None
+    guided.build(progress=False)
+    frames, txt, step = d.frame_inputs(7)
+    args = (stage.planner, frames_to_float(torch.from_numpy(frames)[None]), torch.from_numpy(txt)[None, None],
+            torch.tensor([step]), [guided._seed(7, 0)], 2, "fp32")  # fmt: skip
+    got = guided.get(torch.tensor([7]), torch.zeros(1, dtype=torch.int64))[0]
+    torch.testing.assert_close(got, plan(*args, 4.0)[0], rtol=1e-5, atol=1e-5)
+    assert (got - plan(*args)[0]).abs().max() > 1e-3  # guidance changed the plan
+    out = tmp_path / "policy_cfg"
+    _train("policy", data, out, "--planner", str(runs["planner"]), "--steps", "2", "--batch-size", "2",
+           "policy.cfg_scale=4", "policy.plan_cache.plans_per_frame=1", "policy.nfe=2")  # fmt: skip
+    meta = trained.read_meta(out)
+    assert meta["cfg_scale"] == 4.0 and meta["agent_defaults"] == {"cfg_scale": 4.0}
+    assert make_policy("zipmo", {"checkpoint": str(out)}).config.cfg_scale == 4.0
+    assert make_policy("zipmo", {"checkpoint": str(out), "cfg_scale": 2.0}).config.cfg_scale == 2.0
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_head_on_true_latents_gets_the_planners_targets_and_trains(data, runs, tmp_path):
     """`policy.plans=vae` (the diagnostic upper bound): the head's latents are exactly the normalised VAE
     posterior means the planner was trained to produce for the window's tracks, and no plan cache is built."""

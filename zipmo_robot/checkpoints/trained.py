@@ -209,7 +209,7 @@ def export(
         "weights_dtype": "float16" if half else "as trained",
     }
     if agent_defaults:
-        keep["agent_defaults"] = dict(agent_defaults)
+        keep["agent_defaults"] = {**dict(meta.get("agent_defaults") or {}), **dict(agent_defaults)}
     out = save(
         dst, stage=meta["stage"], kind=meta["kind"], model=model, meta=keep, ema=ema, config_yaml=config
     )

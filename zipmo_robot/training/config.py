@@ -121,7 +121,7 @@ class PlanCacheSchema:
 class PolicyStageSchema:
     """Behavioural cloning of the head. `planner`: a trained planner checkpoint folder (frozen);
     `init`: null or a policy checkpoint folder. `nfe` Euler steps per plan (10, as the paper trains);
-    `plan_precision` bf16 (the agent's default) or fp32."""
+    `plan_precision` bf16 (the agent's default) or fp32; `cfg_scale` the plans' guidance scale."""
 
     planner: str | None = None
     init: str | None = None
@@ -131,6 +131,9 @@ class PolicyStageSchema:
     plans: str = "planner"
     nfe: int = PolicyConfig.nfe
     plan_precision: str = PolicyConfig.precision
+    # classifier-free guidance on the sentence for the plans BC trains on (1.0: off, the release); the trained
+    # policy records it as its agent default so evaluation samples plans the same way
+    cfg_scale: float = PolicyConfig.cfg_scale
     plan_cache: PlanCacheSchema = field(default_factory=PlanCacheSchema)
 
 

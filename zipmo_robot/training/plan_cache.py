@@ -50,6 +50,7 @@ class PlanCache:
         batch: int = 32,
         dtype: str = "float16",
         seed: int = 0,
+        cfg_scale: float = 1.0,
     ) -> None:
         if dtype not in DTYPES:
             raise UserError(f"plan_cache.dtype={dtype!r} is not one of {', '.join(DTYPES)}")
@@ -69,6 +70,9 @@ class PlanCache:
             "dtype": dtype,
             "chunk_frames": chunk_frames,
         }
+        self.cfg_scale = float(cfg_scale)
+        if self.cfg_scale != 1.0:  # only then: caches made before guidance existed keep their keys
+            self.fields["cfg_scale"] = self.cfg_scale
         self.dir = Path(root).expanduser() / cache_key(self.fields)
         self.n = len(data)
         self.n_chunks = math.ceil(self.n / self.chunk)
@@ -113,7 +117,9 @@ class PlanCache:
                 txt = torch.from_numpy(np.stack([x[1] for x in inputs])).to(dev)[:, None]
                 start_t = torch.tensor([x[2] for x in inputs], dtype=torch.int64, device=dev)
                 seeds = [self._seed(i, k) for i, k in part]
-                latents = plan(self.planner, frames, txt, start_t, seeds, self.nfe, self.precision)
+                latents = plan(
+                    self.planner, frames, txt, start_t, seeds, self.nfe, self.precision, self.cfg_scale
+                )
                 out[s : s + len(part)] = latents.to("cpu", self.dtype)
                 n_plans += len(part)
                 bar.update(len(part))

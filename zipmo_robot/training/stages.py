@@ -473,16 +473,20 @@ def plan(
     seeds: list[int],
     nfe: int,
     precision: str,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """Normalised latents (B, L, C) from the frozen planner with THE agent's sampler (`draw_noise` per row
-    from a generator seeded with `seeds[i]`, `prepare_sampling`, `euler`), fp32 CPU-independent of batch."""
+    from a generator seeded with `seeds[i]`, `prepare_sampling`, `euler`), fp32 CPU-independent of batch.
+    `cfg_scale` > 1: classifier-free guidance on the sentence, as the agent's `cfg_scale`."""
     from zipmo_robot.models.planner import sampling_autocast
 
     dev = frames.device
     gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
     z, dummy = planner.draw_noise(gens, dev)
     with torch.no_grad(), sampling_autocast(precision, dev):
-        guidance = planner.prepare_sampling(frames, track_conds=dummy, txt_emb=txt, start_t=start_t)
+        guidance = planner.prepare_sampling(
+            frames, cfg_scale, track_conds=dummy, txt_emb=txt, start_t=start_t
+        )
         latents = planner.euler(z, guidance, nfe)
     return latents.float()
 
@@ -561,6 +565,7 @@ class PolicyStage(Stage):
                 batch["plan_seed"].tolist(),
                 self.cfg.policy.nfe,
                 self.cfg.policy.plan_precision,
+                float(self.cfg.policy.cfg_scale),
             )
         return out
 
@@ -601,6 +606,9 @@ class PolicyStage(Stage):
             "data_split": self.cfg.data.split,
             "plans": self.cfg.policy.plans,
         }
+        if float(self.cfg.policy.cfg_scale) != 1.0:  # the agent must sample plans as BC saw them
+            meta["cfg_scale"] = float(self.cfg.policy.cfg_scale)
+            meta["agent_defaults"] = {"cfg_scale": float(self.cfg.policy.cfg_scale)}
         from zipmo_robot.checkpoints.convert import head_kind
 
         kind = head_kind(pcfg.variant)

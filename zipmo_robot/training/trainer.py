@@ -493,6 +493,7 @@ def _attach_plan_cache(cfg: Any, stage: Any, data: Any, out: Path, dist: Dist, l
         batch=int(pc.batch),
         dtype=pc.dtype,
         seed=int(pc.seed),
+        cfg_scale=float(cfg.policy.cfg_scale),
     )
     missing = cache.missing()
     if missing:
