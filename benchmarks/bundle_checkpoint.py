@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--name", required=True, help="bundled:NAME")
     p.add_argument("--eval", help="eval output folder: its report, config and results are shipped beside")
     p.add_argument("--recipe", help="the recipe.yaml the policy was trained with")
+    p.add_argument("--provenance", help="a note of how it was trained (copied as provenance.md)")
     p.add_argument("--agent", nargs="*", default=[], help="agent defaults KEY=VALUE (nfe=5 replan_every=4)")
     p.add_argument("--half", action="store_true", help="fp16 model weights (halves the file)")
     args = p.parse_args()
@@ -40,6 +41,8 @@ def main() -> None:
                 extra[dst] = Path(args.eval) / name
     if args.recipe:
         extra["recipe.yaml"] = Path(args.recipe)
+    if args.provenance:
+        extra["provenance.md"] = Path(args.provenance)
     agent = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.agent)}
     out = trained.export(
         args.policy, bundled_root() / args.name, half=args.half, extra=extra, agent_defaults=agent

@@ -31,7 +31,9 @@ def test_it_ships_with_its_evaluation_and_loads_strictly(name: str) -> None:
     assert size < 25 * 2**20, f"{size / 2**20:.1f} MiB: package data must stay under 25 MiB"
     assert not (folder / trained.STATE).exists()  # no optimiser state in the package
     meta = trained.read_meta(folder)
-    assert meta["stage"] == "policy" and meta["agent_defaults"] == {"nfe": 5, "replan_every": 4}
+    # evaluated at nfe 5, planning every 4th step, plans guided as in BC (`policy.cfg_scale`, 1 = none)
+    want = {"nfe": 5, "replan_every": 4} | ({"cfg_scale": meta["cfg_scale"]} if "cfg_scale" in meta else {})
+    assert meta["stage"] == "policy" and meta["agent_defaults"] == want
     report = (folder / "eval_report.md").read_text()
     assert "## atm — zipmo" in report and "95 % Wilson" in report
     records = [json.loads(line) for line in (folder / "eval_results.jsonl").read_text().splitlines()]
@@ -87,4 +89,6 @@ def test_it_acts_in_libero_through_rollout(tmp_path: Path, name: str) -> None:
     record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert record["steps"] == 9 and record["status"] in ("success", "failure")
     used = json.loads((out / "summary.json").read_text())["policy_resolved"]
-    assert (used["nfe"], used["replan_every"]) == (5, 4)  # the checkpoint's agent_defaults
+    meta = trained.read_meta(loader.bundled_path(name))
+    want = (5, 4, meta.get("cfg_scale", 1.0))  # the checkpoint's agent_defaults
+    assert (used["nfe"], used["replan_every"], used["cfg_scale"]) == want
