@@ -324,6 +324,9 @@ def test_grid_track_pick_is_one_even_draw_of_the_latest_query_grid(data, runs, t
     bad = _run("train", "planner", "--data", str(data), "--out", str(tmp_path / "bad"), *COMMON,
                "--vae", str(runs["vae"]), "data.track_pick=nearest")  # fmt: skip
     assert bad.returncode != 0 and "data.track_pick='nearest' must be 'random' or 'grid'" in bad.stderr
+    both = _run("train", "planner", "--data", str(data), "--out", str(tmp_path / "both"), *COMMON,
+                "--vae", str(runs["vae"]), "data.track_pick=grid", "data.moving_fraction=0.5")  # fmt: skip
+    assert both.returncode != 0 and "data.moving_fraction=0.5 would be ignored" in both.stderr
 
 
 def test_trained_policy_steps_a_real_env_through_rollout(runs, tmp_path):

@@ -230,6 +230,11 @@ def check(cfg: Any) -> None:
         )
     if cfg.data.track_pick not in ("random", "grid"):
         problems.append(f"data.track_pick={cfg.data.track_pick!r} must be 'random' or 'grid'")
+    elif cfg.data.track_pick == "grid" and cfg.data.moving_fraction > 0:
+        problems.append(
+            f"data.track_pick=grid takes fixed grid tracks, so data.moving_fraction={cfg.data.moving_fraction} "
+            "would be ignored: give data.moving_fraction=0 with it (or keep data.track_pick=random)"
+        )
     if not 0.0 <= cfg.data.moving_fraction <= 1.0:
         problems.append(f"data.moving_fraction={cfg.data.moving_fraction} must be in [0, 1]")
     if cfg.data.window_stride < 1:
