@@ -13,6 +13,7 @@ import numpy as np
 FUTURE_FRAMES = 16
 TRACK_SAMPLES = 64
 ACTION_HORIZON = 16
+TRACK_PICKS = ("random", "grid")  # `WindowDataset(pick=...)`, `data.track_pick`
 
 
 def frame_indices(start: int, length: int, n_frames: int = FUTURE_FRAMES) -> np.ndarray:
@@ -93,7 +94,8 @@ def pick_grid_tracks(
     candidates = np.flatnonzero(visible_at_start)
     if len(candidates) < n_tracks:
         return None
-    latest = candidates[query_frame[candidates] == query_frame[candidates].max()]
+    queried = query_frame[candidates]
+    latest = candidates[queried == queried.max()]
     pool = latest if len(latest) >= n_tracks else candidates
     picked = pool[np.round(np.linspace(0, len(pool) - 1, n_tracks)).astype(np.int64)]
     return np.concatenate([picked[0::2], picked[1::2]])
@@ -137,8 +139,8 @@ class WindowDataset:
     ):
         from zipmo_robot.data.preprocess import load_preprocessed
 
-        if pick not in ("random", "grid"):
-            raise ValueError(f"pick={pick!r}: expected 'random' or 'grid'")
+        if pick not in TRACK_PICKS:
+            raise ValueError(f"pick={pick!r}: expected one of {TRACK_PICKS}")
         self.cameras, self.n_tracks, self.pick = cameras, n_tracks, pick
         self.moving_fraction, self.moving_threshold_px = moving_fraction, moving_threshold_px
         self.demos = [load_preprocessed(f) for f in files]

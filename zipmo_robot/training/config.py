@@ -228,7 +228,9 @@ def check(cfg: Any) -> None:
         problems.append(
             f"data.n_tracks={cfg.data.n_tracks} must be even and >= 2 (half encoded, half held out)"
         )
-    if cfg.data.track_pick not in ("random", "grid"):
+    from zipmo_robot.data.windows import TRACK_PICKS
+
+    if cfg.data.track_pick not in TRACK_PICKS:
         problems.append(f"data.track_pick={cfg.data.track_pick!r} must be 'random' or 'grid'")
     elif cfg.data.track_pick == "grid" and cfg.data.moving_fraction > 0:
         problems.append(

@@ -606,9 +606,10 @@ class PolicyStage(Stage):
             "data_split": self.cfg.data.split,
             "plans": self.cfg.policy.plans,
         }
-        if float(self.cfg.policy.cfg_scale) != 1.0:  # the agent must sample plans as BC saw them
-            meta["cfg_scale"] = float(self.cfg.policy.cfg_scale)
-            meta["agent_defaults"] = {"cfg_scale": float(self.cfg.policy.cfg_scale)}
+        scale = float(self.cfg.policy.cfg_scale)
+        if scale != 1.0:  # the agent must sample plans as BC saw them
+            meta["cfg_scale"] = scale
+            meta["agent_defaults"] = {"cfg_scale": scale}
         from zipmo_robot.checkpoints.convert import head_kind
 
         kind = head_kind(pcfg.variant)
