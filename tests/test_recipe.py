@@ -22,10 +22,14 @@ ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_T
 EXTRA = ("model=tiny", "data.split=demos", "data.val_split=demos", "data.n_tracks=16", "progress=false")
 
 
+# the recipe's planner continues in two phases (rounds 5 and 6 of README's log): 2 steps each here
+PHASES = ("planner.then.round5.steps=2", "planner.then.round6.steps=2")
+
+
 def _recipe(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
     mini = [
         f"data.raw={data / 'raw'}", f"data.pre={data / 'pre'}", "data.tasks=[0]", "data.demos_per_task=1",
-        "nproc=1", "vae.steps=3", "planner.steps=3", "policy.steps=3",
+        "nproc=1", "vae.steps=3", "planner.steps=3", *PHASES, "policy.steps=3",
         "extra=[" + ",".join(f'"{o}"' for o in EXTRA) + "]",
         "eval.episodes=1", "eval.num_envs=1", "eval.flags=[--max-steps,'12',--no-video]",
     ]  # fmt: skip
@@ -36,27 +40,34 @@ def _recipe(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
     from zipmo_robot.checkpoints import trained
+    from zipmo_robot.training.recipe import compose_recipe
 
     out, data = tmp_path / "run", tmp_path / "data"
     proc = _recipe(out, data)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     records = [json.loads(line) for line in (out / "recipe.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in records] == ["collect", "vae", "planner", "policy", "eval"]
+    assert [r["stage"] for r in records] == [
+        "collect", "vae", "planner", "planner:round5", "planner:round6", "policy", "eval"
+    ]  # fmt: skip
     assert all(r["returncode"] == 0 and r["seconds"] > 0 for r in records)
-    for stage in ("vae", "planner", "policy"):
+    for stage in ("vae", "planner-first", "policy"):
         meta = trained.read_meta(out / stage)
-        assert meta["stage"] == stage and meta["step"] == 3
+        assert meta["stage"] == stage.split("-")[0] and meta["step"] == 3
+    # each planner phase starts from the previous one's weights, with the phase's own overrides on top
+    for run, parent in (("planner-round5", "planner-first"), ("planner", "planner-round5")):
+        meta = trained.read_meta(out / run)
+        assert meta["step"] == 2 and Path(meta["sources"]["planner_init"]["path"]).parent == out / parent
+    assert OmegaConf.load(out / "planner" / "config.yaml").data.track_pick == "grid"
+    assert OmegaConf.load(out / "planner-round5" / "config.yaml").data.track_pick == "random"
     # a VAE trained here: the planner normalises latents with statistics measured on it, not the release's
     pcfg = trained.read_meta(out / "planner")["planner_config"]
     assert (pcfg["vae_shift"], pcfg["vae_scale"]) != (-0.175, 11.6) and 0 < pcfg["vae_scale"] < 11.6
     assert trained.read_meta(out / "policy")["planner_config"]["vae_scale"] == pcfg["vae_scale"]
     # the recipe's configs are what ran: each of its policy overrides is in the resolved training config
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from zipmo_robot.training.recipe import compose_recipe
-
     resolved = OmegaConf.load(out / "policy" / "config.yaml")
     parsed = OverridesParser.create().parse_overrides(
         list(compose_recipe("libero_spatial_cpu").policy.overrides)
@@ -81,7 +92,7 @@ def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
     # a rerun finds every training stage finished and the eval complete: nothing is retrained
     again = _recipe(out, data)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("vae", "planner", "policy"):
+    for stage in ("vae", "planner", "planner:round5", "planner:round6", "policy"):
         assert f"[recipe] {stage}: done already, skipped" in again.stdout
     assert trained.read_meta(out / "policy")["step"] == 3
 
@@ -108,7 +119,7 @@ def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
     from zipmo_robot.checkpoints import trained
 
     out, data = tmp_path / "run", tmp_path / "data"
-    proc = _recipe(out, data, "vae.steps=2", "planner.steps=2", "policy.steps=2", "--stages",
+    proc = _recipe(out, data, "vae.steps=2", "planner.steps=2", *PHASES, "policy.steps=2", "--stages",
                    "collect,vae,planner,policy")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     dst = trained.export(out / "policy", tmp_path / "bundle", half=True, extra={"notes.txt": out / "recipe.yaml"},
@@ -116,7 +127,8 @@ def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
     assert sorted(p.name for p in dst.iterdir()) == sorted(
         [trained.META, trained.MODEL, trained.EMA, trained.CONFIG, "notes.txt"]
     )
-    assert trained.read_meta(dst)["agent_defaults"] == {"nfe": 3, "replan_every": 2}
+    # the recipe's BC samples its plans with guidance 8: the export adds it to the agent's defaults
+    assert trained.read_meta(dst)["agent_defaults"] == {"nfe": 3, "replan_every": 2, "cfg_scale": 8.0}
     agent = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32"})
     assert agent.resolved_options()["nfe"] == 3 and agent.resolved_options()["replan_every"] == 2
     mine = make_policy("zipmo", {"checkpoint": str(dst), "device": "cpu", "precision": "fp32", "nfe": 4})
@@ -138,14 +150,17 @@ def test_exported_checkpoint_runs_with_its_agent_defaults(tmp_path):
 
 def test_single_task_variant_changes_only_the_head_and_its_evaluation():
     """`libero_spatial_task0_cpu` (how `bundled:libero_spatial_task0` was trained) is libero_spatial_cpu with
-    BC on task 0's training demos and the ATM evaluation of task 0: the same demos, VAE and planner."""
+    BC on task 0's training demos and the ATM evaluation of task 0: the same demos, VAE and planner (its first
+    phase: the variant was trained before the planner's continuation phases)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from zipmo_robot.training.recipe import compose_recipe
 
     full, one = compose_recipe("libero_spatial_cpu"), compose_recipe("libero_spatial_task0_cpu")
-    for key in ("suite", "data", "nproc", "threads", "common", "vae", "planner"):
+    for key in ("suite", "data", "nproc", "threads", "common", "vae"):
         assert one[key] == full[key], key
+    assert (one.planner.steps, one.planner.overrides) == (full.planner.steps, full.planner.overrides)
+    assert one.planner.then is None and list(full.planner.then) == ["round5", "round6"]
     assert (one.eval.protocol, list(one.eval.tasks), one.eval.episodes) == ("atm", [0], 10)
     assert list(one.eval.flags) == list(full.eval.flags)
     policy = {

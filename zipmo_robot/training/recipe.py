@@ -2,8 +2,10 @@
 
 Each stage is the ordinary command (`zipmo-robot collect|train|eval`) run as a subprocess, so a recipe is
 exactly what a user would type; a stage whose checkpoint already reached its steps is skipped and a partial
-one resumes (`--resume`), so rerunning the recipe after a kill continues where it stopped. Wall time per stage
-goes to `<out>/recipe.jsonl` (appended as stages end) and the resolved recipe to `<out>/recipe.yaml`.
+one resumes (`--resume`), so rerunning the recipe after a kill continues where it stopped. A training stage may
+continue in named phases (`planner.then.<name>`), each from the previous phase's checkpoint, so a model trained
+in rounds is one recipe. Wall time per stage goes to `<out>/recipe.jsonl` (appended as stages end) and the
+resolved recipe to `<out>/recipe.yaml`.
 """
 
 from __future__ import annotations
@@ -38,11 +40,22 @@ class RecipeDataSchema:
 
 
 @dataclass
-class RecipeStageSchema:
-    """One training stage: its optimiser steps and hydra overrides of `configs/train/<stage>.yaml`."""
+class RecipePhaseSchema:
+    """A continuation of a training stage: `steps` more optimiser steps from the previous phase's checkpoint
+    (`--init`, a fresh optimiser and schedule), with these overrides after the stage's own."""
 
     steps: int = 1000
     overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecipeStageSchema:
+    """One training stage: its optimiser steps and hydra overrides of `configs/train/<stage>.yaml`; `then`:
+    named continuation phases, run in order (how a model trained in rounds is reproduced by one recipe)."""
+
+    steps: int = 1000
+    overrides: list[str] = field(default_factory=list)
+    then: dict[str, RecipePhaseSchema] | None = field(default_factory=dict)  # null: none (a variant's reset)
 
 
 @dataclass
@@ -112,14 +125,63 @@ def checkpoint_step(run_dir: Path) -> int | None:
         raise UserError(f"{meta} is unreadable ({exc}); delete {run_dir} to retrain that stage") from exc
 
 
-def stage_command(cfg: Any, stage: str, out: Path, python: str = sys.executable) -> list[str] | None:
-    """The command line of one stage, or None when there is nothing left to do (a finished training stage
-    or collection switched off)."""
+def phase_dirs(cfg: Any, stage: str, out: Path) -> list[tuple[str, Path]]:
+    """(label, run folder) of each phase of a training stage, in order. The last phase writes `<out>/<stage>`
+    (what the next stage reads); earlier ones `<out>/<stage>-<phase>` (`-first` for the stage's own steps)."""
+    names = ["first", *(cfg[stage].then or {})]
+    return [
+        (
+            stage if i == 0 else f"{stage}:{name}",
+            out / stage if i == len(names) - 1 else out / f"{stage}-{name}",
+        )
+        for i, name in enumerate(names)
+    ]
+
+
+def _train_command(cfg: Any, stage: str, out: Path, phase: int, python: str) -> list[str] | None:
+    sc = cfg[stage]
+    phases = phase_dirs(cfg, stage, out)
+    run = phases[phase][1]
+    pc = sc if phase == 0 else list(sc.then.values())[phase - 1]
+    step = checkpoint_step(run)
+    if step is not None and step >= pc.steps:
+        return None
+    pre = str(Path(cfg.data.pre))
+    launch = (
+        [python, "-m", "zipmo_robot"]
+        if cfg.nproc == 1
+        else [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}", "-m"]
+        + ["zipmo_robot"]
+    )
+    cmd = [*launch, "train", stage, "--data", pre, "--out", str(run), "--steps", str(pc.steps)]
+    if step is not None:
+        cmd.append("--resume")
+    elif phase > 0:
+        cmd += ["--init", str(phases[phase - 1][1])]
+    if cfg.threads is not None:
+        cmd += ["--threads", str(cfg.threads)]
+    if stage == "planner":
+        cmd += ["--vae", str(out / "vae")]
+    if stage == "policy":
+        cmd += ["--planner", str(out / "planner")]
+    suites = [f"data.suites=[{cfg.suite}]"]
+    tasks = [] if cfg.data.tasks is None else [f"data.tasks=[{_ids(cfg.data.tasks)}]"]
+    more = [] if phase == 0 else list(pc.overrides)
+    if stage == "policy" and len(phases) > 1:  # every phase reads the plans the first one cached
+        more.append(f"policy.plan_cache.dir={phases[0][1] / 'plan_cache'}")
+    return [*cmd, *cfg.common, *suites, *tasks, *sc.overrides, *more, *cfg.extra]
+
+
+def stage_commands(
+    cfg: Any, stage: str, out: Path, python: str = sys.executable
+) -> list[tuple[str, list[str] | None]]:
+    """(label, command line) of each step of one stage, the command None when there is nothing left to do (a
+    finished training phase or collection switched off). Training stages have one entry per phase."""
     pre = str(Path(cfg.data.pre))
     zr = [python, "-m", "zipmo_robot"]
     if stage == "collect":
         if not cfg.data.collect:
-            return None
+            return [(stage, None)]
         cmd = [
             *zr,
             "collect",
@@ -134,38 +196,12 @@ def stage_command(cfg: Any, stage: str, out: Path, python: str = sys.executable)
         ]
         if cfg.data.tasks is not None:
             cmd += ["--tasks", _ids(cfg.data.tasks)]
-        return cmd
+        return [(stage, cmd)]
     if stage in TRAIN_STAGES:
-        sc = cfg[stage]
-        run = out / stage
-        step = checkpoint_step(run)
-        if step is not None and step >= sc.steps:
-            return None
-        launch = (
-            zr
-            if cfg.nproc == 1
-            else [
-                python,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={cfg.nproc}",
-                "-m",
-                "zipmo_robot",
-            ]
-        )
-        cmd = [*launch, "train", stage, "--data", pre, "--out", str(run), "--steps", str(sc.steps)]
-        if step is not None:
-            cmd.append("--resume")
-        if cfg.threads is not None:
-            cmd += ["--threads", str(cfg.threads)]
-        if stage == "planner":
-            cmd += ["--vae", str(out / "vae")]
-        if stage == "policy":
-            cmd += ["--planner", str(out / "planner")]
-        suites = [f"data.suites=[{cfg.suite}]"]
-        tasks = [] if cfg.data.tasks is None else [f"data.tasks=[{_ids(cfg.data.tasks)}]"]
-        return [*cmd, *cfg.common, *suites, *tasks, *sc.overrides, *cfg.extra]
+        return [
+            (label, _train_command(cfg, stage, out, i, python))
+            for i, (label, _) in enumerate(phase_dirs(cfg, stage, out))
+        ]
     if stage == "eval":
         ec = cfg.eval
         cmd = [
@@ -190,7 +226,7 @@ def stage_command(cfg: Any, stage: str, out: Path, python: str = sys.executable)
             cmd += ["--tasks", _ids(tasks)]
         if ec.episodes is not None:
             cmd += ["--episodes", str(ec.episodes)]
-        return [*cmd, *ec.flags]
+        return [(stage, [*cmd, *ec.flags])]
     raise UserError(f"unknown recipe stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
@@ -212,21 +248,26 @@ def run_recipe(
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out, "recipe.yaml")
     records = []
-    for stage in [s for s in STAGES if s in chosen]:
-        cmd = stage_command(cfg, stage, out)
+    steps = [
+        (stage, label, cmd)
+        for stage in STAGES
+        if stage in chosen
+        for label, cmd in stage_commands(cfg, stage, out)
+    ]
+    for stage, label, cmd in steps:
         if cmd is None:
             off = stage == "collect" and not cfg.data.collect
-            echo(f"[recipe] {stage}: " + ("off (data.collect=false)" if off else "done already, skipped"))
-            records.append({"stage": stage, "skipped": True})
+            echo(f"[recipe] {label}: " + ("off (data.collect=false)" if off else "done already, skipped"))
+            records.append({"stage": label, "skipped": True})
             continue
-        echo(f"[recipe] {stage}: {shlex.join(cmd)}")
+        echo(f"[recipe] {label}: {shlex.join(cmd)}")
         if dry_run:
-            records.append({"stage": stage, "cmd": cmd, "dry_run": True})
+            records.append({"stage": label, "cmd": cmd, "dry_run": True})
             continue
         t0 = time.perf_counter()
         code = subprocess.call(cmd)
         rec = {
-            "stage": stage,
+            "stage": label,
             "cmd": cmd,
             "returncode": code,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -237,7 +278,7 @@ def run_recipe(
         records.append(rec)
         if code != 0:
             raise UserError(
-                f"recipe stage {stage} failed (exit {code}); its output is above. Fix the cause and rerun the "
+                f"recipe stage {label} failed (exit {code}); its output is above. Fix the cause and rerun the "
                 "same command: finished stages are skipped and this one resumes"
             )
     return records
