@@ -168,3 +168,33 @@ def test_single_task_variant_changes_only_the_head_and_its_evaluation():
         for o in OverridesParser.create().parse_overrides(list(one.policy.overrides))
     }
     assert policy["data.tasks"] == [0] and policy["data.split"] == "train"
+
+
+def test_a_phase_resumes_only_from_its_own_parent(tmp_path):
+    """A `<out>/planner` from before the recipe had phases (no `planner_init`) is not continued as the last
+    phase: a clear error names the folder to move; a phase started from its parent resumes with `--resume`."""
+    from zipmo_robot.errors import UserError
+    from zipmo_robot.training.recipe import compose_recipe, stage_commands
+
+    cfg = compose_recipe("libero_spatial_cpu")
+
+    def ckpt(run: Path, step: int, init: Path | None) -> None:
+        (run / "checkpoint").mkdir(parents=True)
+        sources = (
+            {} if init is None else {"planner_init": {"path": str(init / "checkpoint"), "stage": "planner"}}
+        )
+        (run / "checkpoint" / "meta.json").write_text(json.dumps({"step": step, "sources": sources}))
+
+    out = tmp_path / "run"
+    ckpt(out / "planner", 800, None)  # the old single-stage layout
+    with pytest.raises(
+        UserError, match=r"did not start from .*planner-round5.*move that folder to .*planner-first"
+    ):
+        stage_commands(cfg, "planner", out)
+    (out / "planner").rename(out / "planner-first")
+    ckpt(out / "planner-round5", 700, out / "planner-first")
+    ckpt(out / "planner", 300, out / "planner-round5")
+    cmds = dict(stage_commands(cfg, "planner", out))
+    assert cmds["planner"] is None and cmds["planner:round5"] is None  # finished: 800 and 700 steps
+    assert "--resume" in cmds["planner:round6"] and "--init" not in cmds["planner:round6"]
+    assert "data.track_pick=grid" in cmds["planner:round6"]

@@ -138,12 +138,27 @@ def phase_dirs(cfg: Any, stage: str, out: Path) -> list[tuple[str, Path]]:
     ]
 
 
+def _check_parent(run: Path, parent: Path, stage: str) -> None:
+    """Refuse to resume or skip a phase whose checkpoint did not start from the previous phase, e.g. a
+    `<out>/planner` trained before the recipe had phases: continuing it would mix two recipes."""
+    src = json.loads((run / "checkpoint" / "meta.json").read_text()).get("sources", {}).get(f"{stage}_init")
+    got = None if src is None else Path(src["path"]).resolve()
+    if got not in (parent.resolve(), (parent / "checkpoint").resolve()):
+        raise UserError(
+            f"{run} holds a {stage} that did not start from {parent} (it started from {got or 'scratch'}), so it "
+            f"is not this recipe's phase. A run from before the recipe had phases: move that folder to "
+            f"{run.parent / (stage + '-first')} to continue from it; otherwise delete {run} to retrain the phase"
+        )
+
+
 def _train_command(cfg: Any, stage: str, out: Path, phase: int, python: str) -> list[str] | None:
     sc = cfg[stage]
     phases = phase_dirs(cfg, stage, out)
     run = phases[phase][1]
     pc = sc if phase == 0 else list(sc.then.values())[phase - 1]
     step = checkpoint_step(run)
+    if step is not None and phase > 0:
+        _check_parent(run, phases[phase - 1][1], stage)
     if step is not None and step >= pc.steps:
         return None
     pre = str(Path(cfg.data.pre))
