@@ -22,8 +22,9 @@ ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_T
 EXTRA = ("model=tiny", "data.split=demos", "data.val_split=demos", "data.n_tracks=16", "progress=false")
 
 
-# the recipe's planner continues in two phases (rounds 5 and 6 of README's log): 2 steps each here
-PHASES = ("planner.then.round5.steps=2", "planner.then.round6.steps=2")
+# the recipe's planner continues in two phases (rounds 5 and 6 of README's log), its policy in one (round 8):
+# 2 steps each here
+PHASES = ("planner.then.round5.steps=2", "planner.then.round6.steps=2", "policy.then.round8.steps=2")
 
 
 def _recipe(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -51,16 +52,23 @@ def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     records = [json.loads(line) for line in (out / "recipe.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == [
-        "collect", "vae", "planner", "planner:round5", "planner:round6", "policy", "eval"
+        "collect", "vae", "planner", "planner:round5", "planner:round6", "policy", "policy:round8", "eval"
     ]  # fmt: skip
     assert all(r["returncode"] == 0 and r["seconds"] > 0 for r in records)
-    for stage in ("vae", "planner-first", "policy"):
+    for stage in ("vae", "planner-first", "policy-first"):
         meta = trained.read_meta(out / stage)
         assert meta["stage"] == stage.split("-")[0] and meta["step"] == 3
-    # each planner phase starts from the previous one's weights, with the phase's own overrides on top
-    for run, parent in (("planner-round5", "planner-first"), ("planner", "planner-round5")):
+    # each phase starts from the previous one's weights, with the phase's own overrides on top
+    for run, parent in (
+        ("planner-round5", "planner-first"), ("planner", "planner-round5"), ("policy", "policy-first")
+    ):  # fmt: skip
         meta = trained.read_meta(out / run)
-        assert meta["step"] == 2 and Path(meta["sources"]["planner_init"]["path"]).parent == out / parent
+        init = meta["sources"][f"{meta['stage']}_init"]["path"]
+        assert meta["step"] == 2 and Path(init).parent == out / parent, run
+    # the policy's phases share one plan cache: the second samples no plan again
+    assert OmegaConf.load(out / "policy" / "config.yaml").policy.plan_cache.dir == str(
+        out / "policy-first" / "plan_cache"
+    )
     assert OmegaConf.load(out / "planner" / "config.yaml").data.track_pick == "grid"
     assert OmegaConf.load(out / "planner-round5" / "config.yaml").data.track_pick == "random"
     # a VAE trained here: the planner normalises latents with statistics measured on it, not the release's
@@ -92,9 +100,9 @@ def test_recipe_miniature_runs_end_to_end_and_resumes(tmp_path):
     # a rerun finds every training stage finished and the eval complete: nothing is retrained
     again = _recipe(out, data)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("vae", "planner", "planner:round5", "planner:round6", "policy"):
+    for stage in ("vae", "planner", "planner:round5", "planner:round6", "policy", "policy:round8"):
         assert f"[recipe] {stage}: done already, skipped" in again.stdout
-    assert trained.read_meta(out / "policy")["step"] == 3
+    assert trained.read_meta(out / "policy")["step"] == 2
 
 
 def test_unknown_recipe_and_stage_are_clear_errors(tmp_path):
@@ -161,6 +169,7 @@ def test_single_task_variant_changes_only_the_head_and_its_evaluation():
         assert one[key] == full[key], key
     assert (one.planner.steps, one.planner.overrides) == (full.planner.steps, full.planner.overrides)
     assert one.planner.then is None and list(full.planner.then) == ["round5", "round6"]
+    assert one.policy.then is None and list(full.policy.then) == ["round8"]
     assert (one.eval.protocol, list(one.eval.tasks), one.eval.episodes) == ("atm", [0], 10)
     assert list(one.eval.flags) == list(full.eval.flags)
     policy = {
