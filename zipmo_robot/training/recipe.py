@@ -114,34 +114,56 @@ def _ids(ids: Any) -> str:
     return ",".join(str(int(i)) for i in ids)
 
 
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the checkpoint in a training run folder, or None when it has none yet."""
+def _checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The meta.json of the checkpoint in a training run folder, or None when it has none yet."""
     meta = run_dir / "checkpoint" / "meta.json"
     if not meta.is_file():
         return None
     try:
-        return int(json.loads(meta.read_text())["step"])
+        data = json.loads(meta.read_text())
+        int(data["step"])
+        return data
     except (ValueError, KeyError, OSError) as exc:
         raise UserError(f"{meta} is unreadable ({exc}); delete {run_dir} to retrain that stage") from exc
 
 
-def phase_dirs(cfg: Any, stage: str, out: Path) -> list[tuple[str, Path]]:
-    """(label, run folder) of each phase of a training stage, in order. The last phase writes `<out>/<stage>`
-    (what the next stage reads); earlier ones `<out>/<stage>-<phase>` (`-first` for the stage's own steps)."""
-    names = ["first", *(cfg[stage].then or {})]
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the checkpoint in a training run folder, or None when it has none yet."""
+    meta = _checkpoint_meta(run_dir)
+    return None if meta is None else int(meta["step"])
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a training stage: its label in the log, its run folder, its steps and extra overrides."""
+
+    label: str
+    run: Path
+    steps: int
+    overrides: list[str]
+
+
+def phases(cfg: Any, stage: str, out: Path) -> list[Phase]:
+    """The phases of a training stage, in order. The last writes `<out>/<stage>` (what the next stage reads);
+    earlier ones `<out>/<stage>-<phase>` (`-first` for the stage's own steps, whose overrides are the stage's)."""
+    sc = cfg[stage]
+    specs = [("first", sc.steps, []), *((k, v.steps, list(v.overrides)) for k, v in (sc.then or {}).items())]
+    last = len(specs) - 1
     return [
-        (
+        Phase(
             stage if i == 0 else f"{stage}:{name}",
-            out / stage if i == len(names) - 1 else out / f"{stage}-{name}",
+            out / stage if i == last else out / f"{stage}-{name}",
+            steps,
+            overrides,
         )
-        for i, name in enumerate(names)
+        for i, (name, steps, overrides) in enumerate(specs)
     ]
 
 
-def _check_parent(run: Path, parent: Path, stage: str) -> None:
+def _check_parent(meta: dict[str, Any], run: Path, parent: Path, stage: str) -> None:
     """Refuse to resume or skip a phase whose checkpoint did not start from the previous phase, e.g. a
     `<out>/planner` trained before the recipe had phases: continuing it would mix two recipes."""
-    src = json.loads((run / "checkpoint" / "meta.json").read_text()).get("sources", {}).get(f"{stage}_init")
+    src = meta.get("sources", {}).get(f"{stage}_init")
     got = None if src is None else Path(src["path"]).resolve()
     if got not in (parent.resolve(), (parent / "checkpoint").resolve()):
         raise UserError(
@@ -151,28 +173,31 @@ def _check_parent(run: Path, parent: Path, stage: str) -> None:
         )
 
 
-def _train_command(cfg: Any, stage: str, out: Path, phase: int, python: str) -> list[str] | None:
-    sc = cfg[stage]
-    phases = phase_dirs(cfg, stage, out)
-    run = phases[phase][1]
-    pc = sc if phase == 0 else list(sc.then.values())[phase - 1]
-    step = checkpoint_step(run)
-    if step is not None and phase > 0:
-        _check_parent(run, phases[phase - 1][1], stage)
-    if step is not None and step >= pc.steps:
+def _train_command(
+    cfg: Any, stage: str, out: Path, chain: list[Phase], i: int, python: str
+) -> list[str] | None:
+    phase = chain[i]
+    meta = _checkpoint_meta(phase.run)
+    if meta is not None and i > 0:
+        _check_parent(meta, phase.run, chain[i - 1].run, stage)
+    if meta is not None and int(meta["step"]) >= phase.steps:
         return None
-    pre = str(Path(cfg.data.pre))
-    launch = (
-        [python, "-m", "zipmo_robot"]
-        if cfg.nproc == 1
-        else [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}", "-m"]
-        + ["zipmo_robot"]
-    )
-    cmd = [*launch, "train", stage, "--data", pre, "--out", str(run), "--steps", str(pc.steps)]
-    if step is not None:
+    launch = [python, "-m", "zipmo_robot"]
+    if cfg.nproc > 1:
+        launch = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={cfg.nproc}",
+            *launch[1:],
+        ]
+    cmd = [*launch, "train", stage, "--data", str(Path(cfg.data.pre)), "--out", str(phase.run)]
+    cmd += ["--steps", str(phase.steps)]
+    if meta is not None:
         cmd.append("--resume")
-    elif phase > 0:
-        cmd += ["--init", str(phases[phase - 1][1])]
+    elif i > 0:
+        cmd += ["--init", str(chain[i - 1].run)]
     if cfg.threads is not None:
         cmd += ["--threads", str(cfg.threads)]
     if stage == "planner":
@@ -181,10 +206,10 @@ def _train_command(cfg: Any, stage: str, out: Path, phase: int, python: str) -> 
         cmd += ["--planner", str(out / "planner")]
     suites = [f"data.suites=[{cfg.suite}]"]
     tasks = [] if cfg.data.tasks is None else [f"data.tasks=[{_ids(cfg.data.tasks)}]"]
-    more = [] if phase == 0 else list(pc.overrides)
-    if stage == "policy" and len(phases) > 1:  # every phase reads the plans the first one cached
-        more.append(f"policy.plan_cache.dir={phases[0][1] / 'plan_cache'}")
-    return [*cmd, *cfg.common, *suites, *tasks, *sc.overrides, *more, *cfg.extra]
+    more = list(phase.overrides)
+    if stage == "policy" and len(chain) > 1:  # every phase reads the plans the first one cached
+        more.append(f"policy.plan_cache.dir={chain[0].run / 'plan_cache'}")
+    return [*cmd, *cfg.common, *suites, *tasks, *cfg[stage].overrides, *more, *cfg.extra]
 
 
 def stage_commands(
@@ -213,10 +238,8 @@ def stage_commands(
             cmd += ["--tasks", _ids(cfg.data.tasks)]
         return [(stage, cmd)]
     if stage in TRAIN_STAGES:
-        return [
-            (label, _train_command(cfg, stage, out, i, python))
-            for i, (label, _) in enumerate(phase_dirs(cfg, stage, out))
-        ]
+        chain = phases(cfg, stage, out)
+        return [(p.label, _train_command(cfg, stage, out, chain, i, python)) for i, p in enumerate(chain)]
     if stage == "eval":
         ec = cfg.eval
         cmd = [
