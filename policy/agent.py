@@ -63,6 +63,7 @@ class _Row:
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     last_tracks: np.ndarray | None = None  # (V, N, T, 2) yx of the latest plan, when overlays are on
     chunk: np.ndarray | None = None  # (T, A) the latest chunk, run open loop when replan_every > 1
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None  # (1, L, C), (1, n_cond, 5): noise="episode"
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ class RollingReplanner(Policy):
         planner: a LIBERO `MotionPlanner` (its weights are the released head file's `track_predictor.*`).
         head: the `InverseDynamicsHead`.
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
-        nfe, cfg_scale, precision, ensemble_mode, replan_every: as `PolicyConfig` (policy/config.py), which holds the
-            defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
+        nfe, cfg_scale, precision, ensemble_mode, replan_every, noise: as `PolicyConfig` (policy/config.py),
+            which holds the defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
         compile: the opt-in fast path (`PolicyConfig.compile`): the planner's velocity network through
             `torch.compile`, compiled lazily per batch size and cached on this agent (`velocity`).
         overlay: decode each plan at a grid of points (one VAE decode per step, `overlay_spec`) and draw
@@ -132,6 +133,7 @@ class RollingReplanner(Policy):
         precision: str = PolicyConfig.precision,
         ensemble_mode: str = PolicyConfig.ensemble,
         replan_every: int = PolicyConfig.replan_every,
+        noise: str = PolicyConfig.noise,
         compile: bool = PolicyConfig.compile,
         overlay: bool = False,
         overlay_spec: OverlaySpec = OverlaySpec(),
@@ -143,6 +145,7 @@ class RollingReplanner(Policy):
             precision=precision,
             ensemble=ensemble_mode,
             replan_every=replan_every,
+            noise=noise,
             compile=bool(compile),
             overlay=overlay,
         )
@@ -205,6 +208,7 @@ class RollingReplanner(Policy):
             "precision": c.precision,
             "ensemble": c.ensemble,
             "replan_every": c.replan_every,
+            "noise": c.noise,
             "compile": c.compile,
         }
         return {**self.options, **own, "overlay": bool(c.overlay), "device": str(self.device)}
@@ -287,7 +291,7 @@ class RollingReplanner(Policy):
         frames = frames.to(dev, torch.float32) / 127.5 - 1.0  # (B, V, H, W, 3) in [-1, 1]
         prop = torch.as_tensor(np.asarray(proprio) if not torch.is_tensor(proprio) else proprio)
         prop = prop.to(dev, torch.float32)
-        z, track_conds = planner.draw_noise([row.generator for row in rows], dev)  # official order per row
+        z, track_conds = self._noise(rows, dev)
         start_t = torch.tensor([row.step for row in rows], dtype=torch.int64, device=dev)
         txt = torch.stack([row.task_emb for row in rows])[:, None, :]  # (B, 1, E)
         t_pre = time.perf_counter()
@@ -334,6 +338,18 @@ class RollingReplanner(Policy):
         return StepOutput(actions, chunks, latents.float(), z, track_conds, start_t)
 
     # -- plan visualisation ----------------------------------------------------------------------------
+    def _noise(self, rows: list[_Row], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial noise (B, L, C) and dummy pokes (B, n_cond, 5) of one replan: drawn from each row's
+        generator in the official order ("fresh"), or drawn once per episode and reused ("episode")."""
+        if self.config.noise == "fresh":
+            return self.planner.draw_noise([row.generator for row in rows], dev)  # official order per row
+        new = [row for row in rows if row.noise is None]
+        if new:
+            z, dummy = self.planner.draw_noise([row.generator for row in new], dev)
+            for i, row in enumerate(new):
+                row.noise = (z[i : i + 1], dummy[i : i + 1])
+        return torch.cat([row.noise[0] for row in rows]), torch.cat([row.noise[1] for row in rows])
+
     def _decode_overlay(self, latents: torch.Tensor, frames: torch.Tensor, autocast: Any) -> np.ndarray:
         """Decode the plan at a grid of query points per view → (B, V, grid², frames/stride, 2) yx.
 

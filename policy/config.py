@@ -18,6 +18,8 @@ from typing import Any
 
 from zipmo_robot.errors import UserError
 
+NOISE_MODES = ("fresh", "episode")  # see PolicyConfig.noise
+
 
 @dataclass
 class PolicyConfig:
@@ -40,6 +42,10 @@ class PolicyConfig:
         replan_every: plan every k-th control step and run the chunk open loop in between (actions
             0..k-1 of the head's chunk, no ensembling); 1 (released) replans every step with ensembling. A
             CPU knob: the planner is ~98 % of a step, so k = 4 cuts policy time ~4x.
+        noise: the planner's initial noise at each replan, "fresh" (released, quirk Q2: a new draw from the
+            row's generator every replan) | "episode" (one draw at the episode's first plan, reused by every
+            later replan, so successive plans follow one mode of the planner instead of switching between
+            them; the first plan of an episode is the same in both modes).
         text_embedding: "auto" | "bert" | "sentence_code" (offline per-sentence code, `models/text.py`).
         dino_heads: DINO head count of a non-release-size file (not visible in its shapes).
         model: a size name of `configs/model/` (release | small | tiny) giving `dino_heads`.
@@ -55,6 +61,7 @@ class PolicyConfig:
     overlay: bool | None = None
     ensemble: str = "official"
     replan_every: int = 1
+    noise: str = "fresh"
     text_embedding: str = "auto"
     dino_heads: int | None = None
     model: str | None = None
@@ -79,6 +86,8 @@ class PolicyConfig:
             raise UserError(
                 f"replan_every={self.replan_every} must be in 1..16 (the head predicts 16-action chunks)"
             )
+        if self.noise not in NOISE_MODES:
+            raise UserError(f"noise={self.noise!r} is not one of {', '.join(NOISE_MODES)}")
         if self.ensemble not in ENSEMBLE_MODES:
             raise UserError(f"ensemble={self.ensemble!r} is not one of {', '.join(ENSEMBLE_MODES)}")
         if self.text_embedding not in text_embeddings:

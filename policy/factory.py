@@ -34,7 +34,7 @@ def policy_class(name: str) -> type:
 
 
 # PolicyConfig knobs a checkpoint's meta.json may recommend (`agent_defaults`)
-AGENT_DEFAULT_KEYS: tuple[str, ...] = ("nfe", "replan_every", "cfg_scale", "ensemble")
+AGENT_DEFAULT_KEYS: tuple[str, ...] = ("nfe", "replan_every", "cfg_scale", "ensemble", "noise")
 _DEFAULTS: dict[str, Any] = {k: getattr(PolicyConfig, k) for k in AGENT_DEFAULT_KEYS}
 
 
@@ -113,6 +113,7 @@ def _make_zipmo(options: Mapping[str, Any]) -> Policy:
         precision=cfg.precision,
         ensemble_mode=cfg.ensemble,
         replan_every=cfg.replan_every,
+        noise=cfg.noise,
         compile=cfg.compile,
         overlay=resolved["overlay"],
         options={**resolved, "checkpoint_path": bundle.path, "kind": bundle.kind},

@@ -274,3 +274,30 @@ def test_replan_every_runs_each_chunk_open_loop_between_plans(models) -> None:
     assert agent.resolved_options()["replan_every"] == 3
     with pytest.raises(UserError, match="replan_every"):
         _agent(models, replan_every=17)
+
+
+def test_episode_noise_reuses_one_draw_per_episode(models) -> None:
+    """noise="episode": an episode's first plan draws as the released mode does (same first action), every
+    later replan reuses that draw (the generator advances once per episode), a new episode in the slot draws
+    again from its own seed, and an unknown mode is refused."""
+    fresh, fixed = _agent(models, precision="fp32"), _agent(models, precision="fp32", noise="episode")
+    acts: dict[str, list[np.ndarray]] = {"fresh": [], "episode": []}
+    for name, agent in (("fresh", fresh), ("episode", fixed)):
+        for step in range(3):
+            acts[name].append(agent.act(_obs(2, step), [_row(0, step, 5, 0), _row(1, step, 6, 1)]))
+    np.testing.assert_array_equal(acts["fresh"][0], acts["episode"][0])
+    assert not np.allclose(acts["fresh"][2], acts["episode"][2])
+    for slot, seed in ((0, 5), (1, 6)):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn((1, *fixed.latent_shape), generator=g)
+        torch.randn((1, 1, 5), generator=g)
+        assert torch.equal(fixed._rows[slot].noise[0], z)  # the official first draw, kept
+        assert torch.equal(fixed._rows[slot].generator.get_state(), g.get_state())  # and no other draw
+    out = fixed.step(np.zeros((2, 2, 16, 16, 3), np.uint8), np.zeros((2, 9)), [0, 1])
+    assert torch.equal(out.noise[0:1], fixed._rows[0].noise[0])
+    fixed.act(_obs(1, 0), [_row(0, 0, 9, 0)])  # a new episode in slot 0
+    g9 = torch.Generator().manual_seed(9)
+    assert torch.equal(fixed._rows[0].noise[0], torch.randn((1, *fixed.latent_shape), generator=g9))
+    assert fixed.resolved_options()["noise"] == "episode"
+    with pytest.raises(UserError, match="noise"):
+        _agent(models, noise="sometimes")
