@@ -19,6 +19,14 @@ from zipmo_robot.checkpoints import trained
 from zipmo_robot.checkpoints.loader import bundled_root
 
 
+def _value(text: str) -> object:
+    """A KEY=VALUE value: JSON when it parses (5, 8.0, true), else the plain string (noise=episode)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("policy", help="policy training run or checkpoint folder")
@@ -43,7 +51,7 @@ def main() -> None:
         extra["recipe.yaml"] = Path(args.recipe)
     if args.provenance:
         extra["provenance.md"] = Path(args.provenance)
-    agent = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.agent)}
+    agent = {k: _value(v) for k, v in (a.split("=", 1) for a in args.agent)}
     out = trained.export(
         args.policy, bundled_root() / args.name, half=args.half, extra=extra, agent_defaults=agent
     )

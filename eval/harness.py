@@ -99,7 +99,7 @@ def resolve(cfg: Any) -> dict[str, Any]:
     )
 
     options = {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None}
-    from zipmo_robot.policy.config import PolicyConfig
+    from zipmo_robot.policy.config import PolicyConfig, hashed_options
 
     if options.get("checkpoint", PolicyConfig.checkpoint) != PolicyConfig.checkpoint:
         raise UserError(
@@ -127,7 +127,11 @@ def resolve(cfg: Any) -> dict[str, Any]:
             ]
             name = "-".join(str(x) for x in (gi_suite, gi_seed) if x is not None) or "all"
             g_opts = {**options, **({"checkpoint": ckpt} if ckpt is not None else {})}
-            settings = {"protocol": protocol.knobs(), "policy": policy, "policy_options": g_opts}
+            settings = {
+                "protocol": protocol.knobs(),
+                "policy": policy,
+                "policy_options": hashed_options(g_opts),
+            }
             if gi_suite is not None:
                 settings["head_suite"] = gi_suite
             groups.append(

@@ -118,7 +118,9 @@ def outcome_settings(cfg: Any) -> dict[str, Any]:
     before they existed still resume.
     """
     c = _to_container(cfg)
-    options = {k: v for k, v in (c.get("policy_options") or {}).items() if v is not None}
+    from zipmo_robot.policy.config import hashed_options
+
+    options = hashed_options(c.get("policy_options") or {})
     if options.get("compile") is False:
         del options["compile"]
     return {"protocol": c["protocol"], "seed": c["seed"], "policy": c["policy"], "policy_options": options}

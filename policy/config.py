@@ -20,6 +20,18 @@ from zipmo_robot.errors import UserError
 
 NOISE_MODES = ("fresh", "episode")  # see PolicyConfig.noise
 
+# Knobs added after evaluation runs were first recorded, at the value those runs used: left out of the
+# outcome-settings hash at that value (`hashed_options`), so runs started before a knob existed still resume.
+LATE_KNOBS: dict[str, Any] = {"noise": "fresh"}
+
+
+def hashed_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy options that tag a run's records: every set (non-None) option but the `LATE_KNOBS` at
+    their old value."""
+    return {
+        k: v for k, v in options.items() if v is not None and not (k in LATE_KNOBS and v == LATE_KNOBS[k])
+    }
+
 
 @dataclass
 class PolicyConfig:

@@ -164,3 +164,24 @@ def test_the_exact_path_keeps_the_settings_hash_of_runs_made_before_compile_exis
     exact = outcome_settings({**base, "policy_options": {"nfe": 5, "compile": False}})
     fast = outcome_settings({**base, "policy_options": {"nfe": 5, "compile": True}})
     assert exact == old and fast != old and fast["policy_options"]["compile"] is True
+    fresh = outcome_settings({**base, "policy_options": {"nfe": 5, "noise": "fresh"}})
+    episode = outcome_settings({**base, "policy_options": {"nfe": 5, "noise": "episode"}})
+    assert fresh == old and episode["policy_options"]["noise"] == "episode"
+
+
+def test_eval_groups_keep_their_hash_when_a_late_knob_is_at_its_old_value():
+    """An eval config composed today (every PolicyConfig knob present, `noise: fresh` included) tags its
+    records as one composed before `noise` existed did; `noise=episode` gets its own hash."""
+    from zipmo_robot.configs import compose
+    from zipmo_robot.eval.harness import resolve
+
+    args = ["protocol=atm", "suites=[libero_goal]", "tasks=[2]", "episodes=1", "policy=zero", "video=false"]
+
+    def group_hash(*extra: str) -> tuple[str, dict]:
+        (group,) = resolve(compose("eval", args + list(extra)))["groups"]
+        return group.settings_hash, group.settings["policy_options"]
+
+    today, options = group_hash()
+    assert "noise" not in options and "nfe" in options  # the schema's knobs are there, the late one is not
+    assert group_hash("policy_options.noise=fresh")[0] == today
+    assert group_hash("policy_options.noise=episode")[0] != today
