@@ -16,6 +16,8 @@ import numpy as np
 POS_SCALE = 0.05
 ROT_SCALE = 0.5
 # Gripper pointing down with the fingers opening along world y (the Panda's home orientation in LIBERO).
+MAX_SPAN = 0.07  # widest object extent a top grasp spans (the Panda opens to 8 cm)
+HOUSING_HEIGHT = 0.07  # height of the hand housing's underside above the grip site (metres, approx.)
 DOWN_ORIENTATION = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
@@ -32,6 +34,9 @@ class GraspSpec:
     height: float = 0.03
     yaw: float = 0.0
     centre_offset: tuple[float, float] = (0.0, 0.0)  # world xy offset of the grasp centre from the origin
+    # top grasps: the object's horizontal (short, long) sides, so the yaw may turn off the short axis
+    # (`PickPlaceExpert._top_yaw`) while the fingers still span it
+    sides: tuple[float, float] | None = None
 
 
 def grasp_spec_for(name: str, env: Any) -> GraspSpec:
@@ -61,6 +66,7 @@ def _top_grasp(env: Any, name: str) -> GraspSpec:
         height=float(grip_z - origin[2]),
         yaw=yaw,
         centre_offset=(float(centre[0] - origin[0]), float(centre[1] - origin[1])),
+        sides=(float(min(size[0], size[1])), float(max(size[0], size[1]))),
     )
 
 
@@ -221,7 +227,7 @@ class PickPlaceExpert:
         robot's base and within reach).
         """
         if spec.side_offset <= 0:
-            return 0.0, 0.0, spec.yaw
+            return 0.0, 0.0, self._top_yaw(env, center, spec)
         candidates = [(0.0, 1.0, 0.0), (0.0, -1.0, 0.0), (-1.0, 0.0, np.pi / 2)]
         scores = []
         for dx, dy, _yaw in candidates:
@@ -231,6 +237,26 @@ class PickPlaceExpert:
             scores.append(min(clearance, 0.06) + bonus)
         dx, dy, yaw = candidates[int(np.argmax(scores))]
         return dx, dy, yaw
+
+    def _top_yaw(self, env: Any, center: np.ndarray, spec: GraspSpec) -> float:
+        """Yaw of a top grasp: the short-axis yaw, or turned by up to 0.35 rad when that moves the hand
+        housing (about 10 cm to each side along the finger axis) away from a neighbour it would land on
+        (libero_object's cream cheese beside a can); only turns the fingers still span (<= 7 cm) are tried."""
+        if spec.sides is None:
+            return spec.yaw
+        short, long = spec.sides
+        grip = center + np.array([*spec.centre_offset, spec.height])
+        best, best_score = spec.yaw, -np.inf
+        for turn in (0.0, 0.2, -0.2, 0.35, -0.35):
+            if short * abs(np.cos(turn)) + long * abs(np.sin(turn)) > MAX_SPAN:
+                continue
+            yaw = spec.yaw + turn
+            fingers = np.array([-np.sin(yaw), np.cos(yaw), 0.0])  # the direction the fingers open along
+            points = [grip + np.array([0, 0, HOUSING_HEIGHT]) + r * fingers for r in (-0.1, -0.06, 0.06, 0.1)]
+            score = min(min(self._clearance(env, q) for q in points), 0.04) + (0.002 if turn == 0 else 0.0)
+            if score > best_score:
+                best, best_score = yaw, score
+        return float(best)
 
     # --- control ----------------------------------------------------------------------------------------
     def reset(self) -> None:
