@@ -113,7 +113,8 @@ class RollingReplanner(Policy):
         head: the `InverseDynamicsHead`.
         task_embedder: `(suites, languages) -> (B, E)` float32 task embeddings (BERT for real checkpoints).
         nfe, cfg_scale, precision, ensemble_mode, replan_every, noise: as `PolicyConfig` (policy/config.py),
-            which holds the defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast, official ensembling).
+            which holds the defaults (the released 10 Euler steps, guidance 1.0, bf16 planner autocast,
+            official ensembling, a fresh noise draw per replan).
         compile: the opt-in fast path (`PolicyConfig.compile`): the planner's velocity network through
             `torch.compile`, compiled lazily per batch size and cached on this agent (`velocity`).
         overlay: decode each plan at a grid of points (one VAE decode per step, `overlay_spec`) and draw
@@ -337,7 +338,6 @@ class RollingReplanner(Policy):
                 row.timing[k] += v / b
         return StepOutput(actions, chunks, latents.float(), z, track_conds, start_t)
 
-    # -- plan visualisation ----------------------------------------------------------------------------
     def _noise(self, rows: list[_Row], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Initial noise (B, L, C) and dummy pokes (B, n_cond, 5) of one replan: drawn from each row's
         generator in the official order ("fresh"), or drawn once per episode and reused ("episode")."""
@@ -350,6 +350,7 @@ class RollingReplanner(Policy):
                 row.noise = (z[i : i + 1], dummy[i : i + 1])
         return torch.cat([row.noise[0] for row in rows]), torch.cat([row.noise[1] for row in rows])
 
+    # -- plan visualisation ----------------------------------------------------------------------------
     def _decode_overlay(self, latents: torch.Tensor, frames: torch.Tensor, autocast: Any) -> np.ndarray:
         """Decode the plan at a grid of query points per view → (B, V, grid², frames/stride, 2) yx.
 
