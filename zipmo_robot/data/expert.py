@@ -15,9 +15,9 @@ import numpy as np
 # OSC_POSE scaling of LIBERO's controller config: an action of 1 moves the goal 5 cm / 0.5 rad.
 POS_SCALE = 0.05
 ROT_SCALE = 0.5
-# Gripper pointing down with the fingers opening along world y (the Panda's home orientation in LIBERO).
 MAX_SPAN = 0.07  # widest object extent a top grasp spans (the Panda opens to 8 cm)
 HOUSING_HEIGHT = 0.07  # height of the hand housing's underside above the grip site (metres, approx.)
+# Gripper pointing down with the fingers opening along world y (the Panda's home orientation in LIBERO).
 DOWN_ORIENTATION = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
