@@ -21,17 +21,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _ids(spec: str | None, n: int) -> list[int]:
-    """ "0-9,12" -> [0..9, 12]; None -> range(n)."""
-    if spec is None:
-        return list(range(n))
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def _done(path: Path) -> set[tuple[int, int]]:
     if not path.exists():
         return set()
@@ -80,11 +69,14 @@ def main() -> None:
     from zipmo_robot.envs.libero import LiberoEnv
     from zipmo_robot.envs.spec import EnvConfig
     from zipmo_robot.envs.suites import check_suite, list_tasks
+    from zipmo_robot.eval.protocols import N_INIT_STATES
+    from zipmo_robot.eval.rollout import check_task_ids, parse_tasks
     from zipmo_robot.eval.tables import wilson
 
     suite = check_suite(args.suite)
-    tasks = _ids(args.tasks, len(list_tasks(suite)))
-    states = _ids(args.init_states, 50)
+    tasks = parse_tasks(args.tasks, len(list_tasks(suite)), suite)  # the eval CLI's "0,3" / "2-5" ids
+    check_task_ids(suite, tasks)
+    states = parse_tasks(args.init_states, N_INIT_STATES, suite)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out)
